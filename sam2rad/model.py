@@ -1,0 +1,319 @@
+"""Sam2Rad: a frozen SAM-family backbone whose prompts come from a trained Prompt Predictor Network.
+
+Modes of `Sam2Rad.predict`:
+  auto    PPN prompts only (the nightly pipeline; no human in the loop);
+  semi    PPN prompts plus a reader's points / box / mask for a class (a user box replaces the
+          predicted one, points are added); the cached image encoding is reused, only the decoder runs;
+  manual  the reader's prompts only: exactly the plain backbone with that prompt (for labelling).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones.base import Backbone, FeaturePyramid, ImageGeometry
+from .ppn import PPNConfig, PPNOutput, PromptPredictor, build_ppn
+
+Mode = Literal["auto", "semi", "manual"]
+MODES: tuple[str, ...] = ("auto", "semi", "manual")
+_NUMERIC_KINDS = "uif"  # unsigned, signed, float; bool/complex/object/str are refused
+
+
+@dataclass
+class Prompts:
+    """A reader's prompts for one class of one image, in source-image pixels (x, y)."""
+
+    points: np.ndarray | None = None  # (P, 2)
+    labels: np.ndarray | None = None  # (P,) 1 = inside the structure, 0 = outside
+    box: np.ndarray | None = None  # (4,) x0, y0, x1, y1
+    mask: np.ndarray | None = None  # (H, W) prior mask (bool or probability)
+    class_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.points is not None:
+            self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+            labels = np.ones(len(self.points)) if self.labels is None else self.labels
+            self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+            if len(self.labels) != len(self.points):
+                raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
+            if not np.isin(self.labels, (0, 1)).all():
+                raise ValueError("point labels must be 1 (foreground) or 0 (background)")
+        if self.box is not None:
+            self.box = np.asarray(self.box, dtype=np.float32).reshape(-1)
+            if self.box.shape != (4,) or not np.isfinite(self.box).all():
+                raise ValueError(f"box must be 4 finite numbers x0, y0, x1, y1, got {self.box}")
+            if self.box[2] < self.box[0] or self.box[3] < self.box[1]:
+                raise ValueError(f"box corners are reversed: {self.box.tolist()} (want x0 <= x1, y0 <= y1)")
+
+    @property
+    def empty(self) -> bool:
+        return self.points is None and self.box is None and self.mask is None
+
+
+@dataclass
+class Prediction:
+    """One image's result; arrays are per class, at the source resolution."""
+
+    masks: np.ndarray  # (C, H, W) bool
+    boxes: np.ndarray  # (C, 4) the box prompt used (predicted or the reader's), source pixels
+    scores: np.ndarray  # (C,) confidence in [0, 1]
+    mode: str
+    class_names: tuple[str, ...] = field(default=("bone",))
+
+
+def validate_image(image: object, name: str = "image") -> np.ndarray:
+    """Refuse what the model cannot take, with a message that says what is wrong."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.dtype.kind not in _NUMERIC_KINDS:
+        raise ValueError(f"{name} has dtype {image.dtype}; expected an integer or float array")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"{name} must be 2-D (H, W) or 3-D (H, W, C), got shape {image.shape}")
+    if image.ndim == 3 and image.shape[2] not in (1, 3):
+        raise ValueError(f"{name} has {image.shape[2]} channels; expected 1 (grey) or 3 (RGB)")
+    if image.size == 0 or 0 in image.shape[:2]:
+        raise ValueError(f"{name} is empty: shape {image.shape} has a 0-pixel side")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return image
+
+
+def _image_key(image: np.ndarray) -> str:
+    digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16)
+    digest.update(str((image.shape, image.dtype.str)).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class EncodedImage:
+    features: FeaturePyramid  # one row
+    geometry: ImageGeometry
+
+
+class Sam2Rad(nn.Module):
+    def __init__(self, backbone: Backbone, ppn_config: PPNConfig = PPNConfig(),
+                 class_names: Sequence[str] = ("bone",), cache_size: int = 8):
+        super().__init__()
+        if len(class_names) != ppn_config.num_classes:
+            raise ValueError(f"{len(class_names)} class names for {ppn_config.num_classes} PPN classes")
+        self.backbone = backbone.freeze()
+        self.ppn = build_ppn(ppn_config, backbone)
+        self.class_names = tuple(class_names)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, EncodedImage] = OrderedDict()
+        self.encoder_calls = 0  # images encoded so far (the semi-mode contract is checked on it)
+        self.mask_threshold = 0.0
+
+    @property
+    def num_classes(self) -> int:
+        return self.ppn.cfg.num_classes
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.prompt_encoder.no_mask_embed.weight.device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.ppn.parameters() if p.requires_grad]
+
+    # --- encoding (cached: the backbone is frozen, so an image's features never change) ---------
+    @torch.no_grad()
+    def encode(self, images: Sequence[np.ndarray]) -> list[EncodedImage]:
+        keys = [_image_key(img) for img in images]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            pixels, geoms = self.backbone.preprocess([images[i] for i in todo])
+            feats = self.backbone.encode(pixels)
+            self.encoder_calls += len(todo)
+            for row, i in enumerate(todo):
+                self._cache[keys[i]] = EncodedImage(feats.select([row]), geoms[row])
+                self._cache.move_to_end(keys[i])
+        out = [self._cache[k] for k in keys]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # --- the differentiable path (training and auto/semi inference) -----------------------------
+    def prompts_from_ppn(self, ppn_out: PPNOutput, boxes_px: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """PPN output -> (sparse, dense, box_px) for the frozen decoder.
+
+        boxes_px (N, 4) in model pixels replaces the predicted box where given (a reader's box in semi
+        mode, the ground-truth box in part of training); NaN rows keep the prediction.
+        """
+        size = float(self.backbone.input_size)
+        box_px = ppn_out.box_norm * size
+        if boxes_px is not None:
+            keep = torch.isnan(boxes_px).any(dim=1, keepdim=True)
+            box_px = torch.where(keep, box_px, torch.nan_to_num(boxes_px))
+        pe = self.backbone.prompt_encoder
+        box_emb = pe._embed_boxes(box_px)  # frozen encoder, gradients still reach the PPN's box
+        sparse = torch.cat([box_emb, ppn_out.extra_tokens], dim=1)
+        mask_in = ppn_out.mask_logits
+        if tuple(mask_in.shape[-2:]) != tuple(pe.mask_input_size):
+            mask_in = F.interpolate(mask_in, size=pe.mask_input_size, mode="bilinear", align_corners=False)
+        dense = pe._embed_masks(mask_in)
+        return sparse, dense, box_px
+
+    def forward(self, features: FeaturePyramid, boxes_px: torch.Tensor | None = None
+                ) -> tuple[PPNOutput, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Training/auto path: returns (ppn_out, low_res_logits (N,1,4h,4w), iou (N,), object_logit)."""
+        ppn_out = self.ppn(features)
+        sparse, dense, _ = self.prompts_from_ppn(ppn_out, boxes_px)
+        rows = self._class_rows(features.batch_size)
+        dec = self.backbone.decode(features.select(rows) if self.num_classes > 1 else features, sparse, dense)
+        return ppn_out, dec.low_res_logits, dec.iou, dec.object_logit
+
+    def _class_rows(self, batch: int) -> torch.Tensor:
+        return torch.arange(batch, device=self.device).repeat_interleave(self.num_classes)
+
+    # --- public inference API -------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], mode: Mode = "auto",
+                prompts: Prompts | Sequence[Prompts] | Sequence[Sequence[Prompts]] | None = None,
+                ) -> list[Prediction]:
+        """Segment images; returns one Prediction per image (masks at the source resolution).
+
+        prompts: for one image, a Prompts or a list of Prompts (one per class to correct); for several
+        images, a list with one such entry per image. Required for manual, optional for semi.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        single = isinstance(images, np.ndarray)
+        image_list = [images] if single else list(images)
+        if not image_list:
+            raise ValueError("no images given")
+        for i, img in enumerate(image_list):
+            validate_image(img, f"image {i}" if not single else "image")
+        per_image = self._normalise_prompts(prompts, len(image_list), mode)
+        encoded = self.encode(image_list)
+        self.eval()
+        return [self._predict_one(enc, mode, p) for enc, p in zip(encoded, per_image)]
+
+    def _normalise_prompts(self, prompts, n_images: int, mode: str) -> list[dict[int, Prompts]]:
+        if prompts is None:
+            entries: list = [None] * n_images
+        elif isinstance(prompts, Prompts):
+            entries = [prompts] if n_images == 1 else None
+            if entries is None:
+                raise ValueError(f"one Prompts given for {n_images} images; pass one entry per image")
+        else:
+            prompts = list(prompts)
+            if n_images == 1 and all(isinstance(p, Prompts) for p in prompts):
+                entries = [prompts]
+            elif len(prompts) != n_images:
+                raise ValueError(f"{len(prompts)} prompt entries for {n_images} images")
+            else:
+                entries = prompts
+        out = []
+        for entry in entries:
+            items = [] if entry is None else ([entry] if isinstance(entry, Prompts) else list(entry))
+            by_class: dict[int, Prompts] = {}
+            for p in items:
+                if not isinstance(p, Prompts):
+                    raise ValueError(f"prompts must be sam2rad.model.Prompts, got {type(p).__name__}")
+                if not 0 <= p.class_index < self.num_classes:
+                    raise ValueError(f"prompt class_index {p.class_index} out of range 0..{self.num_classes - 1}")
+                by_class[p.class_index] = p
+            if mode == "manual" and (not by_class or any(p.empty for p in by_class.values())):
+                raise ValueError("manual mode needs a box, points or a mask for each class to segment")
+            if mode == "auto" and by_class:
+                raise ValueError("auto mode takes no prompts; use mode='semi' to add corrections")
+            out.append(by_class)
+        return out
+
+    def _to_model_space(self, p: Prompts, geom: ImageGeometry):
+        s = geom.scale
+        points = None
+        if p.points is not None:
+            coords = torch.as_tensor(p.points * s, dtype=torch.float32, device=self.device)[None]
+            points = (coords, torch.as_tensor(p.labels, device=self.device)[None])
+        box = None if p.box is None else torch.as_tensor(p.box * s, dtype=torch.float32, device=self.device)[None]
+        mask = None
+        if p.mask is not None:
+            m = np.asarray(p.mask, dtype=np.float32)
+            if m.shape != (geom.height, geom.width):
+                raise ValueError(f"prompt mask shape {m.shape} != image shape {(geom.height, geom.width)}")
+            # Mask prompts are logits in SAM; a binary prior becomes +/-10.
+            t = torch.as_tensor(m, device=self.device)
+            t = (t * 20 - 10) if m.max() <= 1 else t
+            size = self.backbone.input_size
+            rh, rw = geom.resized_hw
+            padded = torch.full((1, 1, size, size), -10.0, device=self.device)
+            padded[..., :rh, :rw] = F.interpolate(t[None, None], size=(rh, rw), mode="bilinear", align_corners=False)
+            mask = F.interpolate(padded, size=self.backbone.prompt_encoder.mask_input_size, mode="bilinear",
+                                 align_corners=False)
+        return points, box, mask
+
+    def _predict_one(self, enc: EncodedImage, mode: str, by_class: dict[int, Prompts]) -> Prediction:
+        c = self.num_classes
+        be = self.backbone
+        if mode == "manual":
+            sparse_rows, dense_rows, boxes = [], [], []
+            for k in range(c):
+                p = by_class.get(k)
+                if p is None:  # manual mode segments only the classes the reader prompted
+                    continue
+                pts, box, mask = self._to_model_space(p, enc.geometry)
+                s, d = be.encode_prompts(points=pts, boxes=box, mask_logits=mask)
+                sparse_rows.append((k, s, d))
+                boxes.append(box)
+            return self._decode_rows(enc, sparse_rows, mode, manual_boxes=boxes)
+        ppn_out = self.ppn(enc.features)
+        sparse, dense, box_px = self.prompts_from_ppn(ppn_out)
+        rows = []
+        for k in range(c):
+            s_k, d_k = sparse[k:k + 1], dense[k:k + 1]
+            p = by_class.get(k)
+            if p is not None:  # semi: the reader's corrections on top of the predicted prompts
+                pts, box, mask = self._to_model_space(p, enc.geometry)
+                if box is not None:
+                    box_px[k:k + 1] = box
+                user_sparse, _ = be.encode_prompts(points=pts, boxes=box_px[k:k + 1])
+                s_k = torch.cat([user_sparse, ppn_out.extra_tokens[k:k + 1]], dim=1)
+                if mask is not None:
+                    d_k = be.prompt_encoder._embed_masks(mask)
+            rows.append((k, s_k, d_k))
+        return self._decode_rows(enc, rows, mode, predicted_boxes=box_px)
+
+    def _decode_rows(self, enc: EncodedImage, rows, mode: str, manual_boxes=None,
+                     predicted_boxes=None) -> Prediction:
+        geom = enc.geometry
+        c = self.num_classes
+        masks = np.zeros((c, geom.height, geom.width), dtype=bool)
+        boxes = np.full((c, 4), np.nan, dtype=np.float32)
+        scores = np.zeros(c, dtype=np.float32)
+        for j, (k, s, d) in enumerate(rows):
+            # Rows differ in their number of sparse tokens (points), so decode one at a time.
+            out = self.backbone.decode(enc.features, s, d)
+            logits = self.backbone.postprocess(out.low_res_logits, geom)[0]
+            masks[k] = (logits > self.mask_threshold).cpu().numpy()
+            conf = out.iou.clamp(0, 1)
+            if out.object_logit is not None:
+                conf = conf * torch.sigmoid(out.object_logit)
+                if out.object_logit.item() < 0:  # SAM2 says nothing is there
+                    masks[k] = False
+            scores[k] = float(conf.item())
+            box = manual_boxes[j] if manual_boxes is not None else predicted_boxes[k:k + 1]
+            if box is not None:
+                boxes[k] = (box[0] / geom.scale).cpu().numpy()
+        return Prediction(masks=masks, boxes=boxes, scores=scores, mode=mode, class_names=self.class_names)
+
+
+def build_sam2rad(backbone: str | Backbone = "litemedsam", ppn_config: PPNConfig | None = None,
+                  class_names: Sequence[str] = ("bone",), **backbone_kwargs) -> Sam2Rad:
+    """A Sam2Rad with an untrained PPN (train it, or load a checkpoint with sam2rad.checkpoint)."""
+    from .backbones import build_backbone
+
+    bb = build_backbone(backbone, **backbone_kwargs) if isinstance(backbone, str) else backbone
+    cfg = ppn_config or PPNConfig(num_classes=len(class_names))
+    return Sam2Rad(bb, cfg, class_names)

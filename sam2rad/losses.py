@@ -18,6 +18,8 @@ class LossWeights:
     giou: float = 1.0
     l1: float = 5.0
     interim_focal: float = 10.0
+    # Dice on the interim mask too: focal alone lets a thin-structure head settle on all-background.
+    interim_dice: float = 1.0
     object_bce: float = 1.0
 
 
@@ -106,6 +108,7 @@ def sam2rad_loss(low_res_logits: torch.Tensor, box_norm: torch.Tensor, interim_l
     ti = t if t.shape[-2:] == interim_logits.shape[-2:] else \
         (F.interpolate(t, size=interim_logits.shape[-2:], mode="area") >= 0.5).float()
     parts["interim_focal"] = sigmoid_focal(interim_logits, ti).mean()
+    parts["interim_dice"] = soft_dice(interim_logits, ti).mean()
     has_box = ~torch.isnan(targets.boxes_norm).any(1)
     if has_box.any():
         pb, tb = box_norm[has_box], targets.boxes_norm.to(box_norm.device)[has_box]

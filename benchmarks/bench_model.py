@@ -1,0 +1,65 @@
+"""Images per second of the bare encoder vs Sam2Rad `auto` and `manual` predict, side by side.
+
+Target: auto / bare encoder >= 0.85 (the PPN and decoder must cost little beside the encoder).
+Usage: .venv/bin/python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from sam2rad.model import Prompts, build_sam2rad
+
+CASES = [("litemedsam", 256, True), ("sam2.1_hiera_t", 512, False)]
+
+
+def rate(fn, repeats: int) -> float:
+    fn()  # warm-up (allocations, lazy init)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return repeats / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, size, pretrained in CASES:
+        model = build_sam2rad(name, pretrained=pretrained, input_size=size).to(args.device).eval()
+        image = rng.integers(0, 255, (size, size), dtype=np.uint8)
+        pixels, _ = model.backbone.preprocess([image])
+        box = Prompts(box=[size * 0.2, size * 0.3, size * 0.8, size * 0.6])
+
+        def bare():
+            with torch.no_grad():
+                model.backbone.encode(pixels)
+
+        def auto():
+            model.clear_cache()  # every call pays for its own encoding
+            model.predict(image, "auto")
+
+        def manual():
+            model.clear_cache()
+            model.predict(image, "manual", box)
+
+        r_bare, r_auto, r_manual = (rate(f, args.repeats) for f in (bare, auto, manual))
+        rows.append((f"{name}@{size}", r_bare, r_auto, r_manual, r_auto / r_bare))
+    print(f"\nthreads={args.threads} device={args.device} repeats={args.repeats}")
+    print(f"{'backbone':<22}{'encoder img/s':>15}{'auto img/s':>12}{'manual img/s':>14}{'auto/encoder':>14}")
+    for name, b, a, m, ratio in rows:
+        print(f"{name:<22}{b:>15.2f}{a:>12.2f}{m:>14.2f}{ratio:>14.2f}")
+
+
+if __name__ == "__main__":
+    main()

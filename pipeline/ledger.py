@@ -199,6 +199,12 @@ class Ledger:
         found = dict(self._read(sql + " GROUP BY status", params))
         return {s.value: int(found.get(s.value, 0)) for s in Status}
 
+    def study_status(self, study_uid: str, fingerprint: str) -> dict[str, int]:
+        """Instance counts by status for one study and model; empty when the ledger never saw it."""
+        rows = self._read("SELECT status, COUNT(*) FROM instances WHERE study_uid = ? AND fingerprint = ? "
+                          "GROUP BY status", (study_uid, fingerprint))
+        return {status: int(n) for status, n in rows}
+
     # -- writes ------------------------------------------------------------------------------
     def claim(self, sop_uid: str, fingerprint: str, *, study_uid: str | None = None,
               lease_s: float = 6 * 3600, max_attempts: int | None = None) -> bool:

@@ -15,8 +15,10 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,7 +50,7 @@ def free_port() -> int:
 def find_orthanc() -> tuple[str, str]:
     """(Orthanc binary, DICOMweb plugin); pytest.fail with the install hint when either is missing."""
     binary = os.environ.get("ORTHANC_BIN") or shutil.which("Orthanc")
-    if not binary:
+    if not binary or not Path(binary).is_file():
         pytest.fail(f"the Orthanc binary was not found on PATH; {_INSTALL_HINT}", pytrace=False)
     plugin = os.environ.get("ORTHANC_DICOMWEB_PLUGIN", "")
     if not plugin:
@@ -61,6 +63,96 @@ def find_orthanc() -> tuple[str, str]:
         pytest.fail(f"the Orthanc DICOMweb plugin (libOrthancDicomWeb.so) was not found; {_INSTALL_HINT}",
                     pytrace=False)
     return binary, plugin
+
+
+@dataclass(frozen=True)
+class TestPki:
+    """A throw-away CA with a server certificate for 127.0.0.1 and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_test_pki(dest: Path) -> TestPki:
+    """Made with the openssl command line (EC keys: fast)."""
+    if not shutil.which("openssl"):
+        pytest.skip("the openssl command is needed to make test certificates")
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=dest, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=sam2rad test CA")
+    (dest / "server.ext").write_text(f"subjectAltName=IP:{LOOPBACK}\n")
+    for name, extra in (("server", ["-extfile", "server.ext"]), ("client", [])):
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=sam2rad test {name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "2", *extra)
+    return TestPki(ca=dest / "ca.pem", server_cert=dest / "server.crt", server_key=dest / "server.key",
+                   client_cert=dest / "client.crt", client_key=dest / "client.key")
+
+
+class TlsProxy:
+    """HTTPS in front of Orthanc's HTTP port, requiring a client certificate from the test CA, as a
+    hospital's reverse proxy would. (Debian's Orthanc 1.10.1 crashes on its own first HTTPS request.)"""
+
+    def __init__(self, target_port: int, pki: TestPki) -> None:
+        self.target_port = target_port
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+        self.context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        try:
+            client.settimeout(10)
+            secure = self.context.wrap_socket(client, server_side=True)
+        except (ssl.SSLError, OSError):
+            client.close()  # handshake refused: untrusted client or client that does not trust us
+            return
+        upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=10)
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (source, sink):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        back = threading.Thread(target=pump, args=(upstream, secure), daemon=True)
+        back.start()
+        pump(secure, upstream)
+        back.join(timeout=10)
+        secure.close()
+        upstream.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
 
 
 @dataclass
@@ -122,7 +214,7 @@ class OrthancServer:
             "ConcurrentJobs": 2,
             "SaveJobs": False,
             "OverwriteInstances": False,
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Ssl": False},
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
         }
 
     # -- lifecycle ---------------------------------------------------------------------------

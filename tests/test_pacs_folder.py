@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.pacs import (
     ENV,
+    Archive,
     DicomWebArchive,
     DimseArchive,
     FolderArchive,
@@ -88,6 +89,7 @@ def test_check_names_the_missing_setting(tmp_path):
     with pytest.raises(PacsConfigError, match="SAM2RAD_OUTBOX"):
         FolderArchive(tmp_path, None).check()
     assert FolderArchive(tmp_path, tmp_path / "out").echo()
+    assert isinstance(FolderArchive(tmp_path, tmp_path / "out"), Archive)  # the one interface
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -103,7 +105,9 @@ def test_settings_from_env_and_config():
     assert settings.retrieve == "move" and settings.scp_port == 11113 and settings.move_destination == "SAM2RAD_AI"
     assert settings.timeout_s == 5.0 and settings.dicomweb_verify is False
     assert settings.retry_policy() == RetryPolicy(attempts=6, initial_delay_s=2.0, max_delay_s=60.0)
-    assert isinstance(open_archive(settings), DimseArchive)
+    assert isinstance(open_archive(settings), DimseArchive) and isinstance(open_archive(settings), Archive)
+    web = open_archive(settings.replace(kind="dicomweb", dicomweb_url="https://pacs.example/dicom-web"))
+    assert isinstance(web, DicomWebArchive) and isinstance(web, Archive)
     assert "password" not in repr(settings.replace(dicomweb_password="hunter2")).replace("dicomweb_password", "")
     assert set(ENV.values()) >= {"SAM2RAD_PACS_HOST", "SAM2RAD_PACS_PORT", "SAM2RAD_PACS_AET",
                                  "SAM2RAD_CALLING_AET", "SAM2RAD_DICOMWEB_URL", "SAM2RAD_DICOMWEB_USER",

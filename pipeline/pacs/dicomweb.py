@@ -40,9 +40,20 @@ _RETRIABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 _RETRIABLE_FAILURE_REASONS = {0xA700, 0x0110, 0x0213}
 
 
+class _ConfiguredTlsSession(requests.Session):
+    """requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment override Session.verify;
+    a CA bundle (or verify=false) configured for the PACS must win over a machine-wide default."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            merged["verify"] = self.verify
+        return merged
+
+
 def build_session(settings: PacsSettings) -> requests.Session:
     """An HTTP session with the configured basic auth and TLS options."""
-    session = requests.Session()
+    session = _ConfiguredTlsSession()
     if settings.dicomweb_user:
         session.auth = (settings.dicomweb_user, settings.dicomweb_password)
     if settings.dicomweb_ca_bundle:
@@ -101,6 +112,9 @@ class DicomWebArchive:
                 f"running and {env_name('dicomweb_url')}", setting=env_name("dicomweb_url")) from exc
         except requests.exceptions.HTTPError as exc:
             raise self._http_error(purpose, exc) from exc
+        except requests.exceptions.RequestException as exc:  # broken transfers and the like
+            raise PacsUnreachable(f"{purpose}: transfer with {self.url} failed ({_short(exc)})",
+                                  setting=env_name("dicomweb_url")) from exc
 
     def _http_error(self, purpose: str, exc: requests.exceptions.HTTPError) -> PacsError:
         code = exc.response.status_code if exc.response is not None else 0

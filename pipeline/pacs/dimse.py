@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +60,8 @@ RETRIEVE_TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
 )
 _UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.2"}
+# Objects derived from images (ours among them); a retrieve may go without them, the pipeline reads images.
+DERIVED_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "REG"})
 _MAX_CONTEXTS = 128  # DICOM limit per association (context IDs are odd numbers 1..255)
 
 # C-FIND/C-GET/C-MOVE status codes worth naming in messages.
@@ -194,9 +197,14 @@ class DimseArchive:
         return True
 
     # -- query -------------------------------------------------------------------------------
+    def _peer_gave_up(self, started: float) -> bool:
+        """An empty response well before our DIMSE timeout means the peer closed the association."""
+        return time.monotonic() - started < 0.9 * self.settings.timeout_s
+
     def _find(self, query: Dataset, purpose: str) -> list[Dataset]:
         found = []
         with self._association([build_context(StudyRootQueryRetrieveInformationModelFind)], purpose) as assoc:
+            started = time.monotonic()
             for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
                 code = _status_code(status)
                 if code in _PENDING:
@@ -205,7 +213,7 @@ class DimseArchive:
                     continue
                 if code == 0x0000:
                     break
-                raise self._operation_error(purpose, code, status, aborted=assoc.is_aborted)
+                raise self._operation_error(purpose, code, status, aborted=self._peer_gave_up(started))
         return found
 
     def _operation_error(self, purpose: str, code: int | None, status: Dataset | None,
@@ -231,6 +239,12 @@ class DimseArchive:
         if 0xA700 <= code <= 0xA7FF:
             return PacsOperationError(f"{purpose} failed on {self.address}: out of resources, {detail}",
                                       retriable=True)
+        if purpose.startswith("C-MOVE"):
+            # Orthanc answers 0xC000, not 0xA801, when it does not know the destination AE.
+            return PacsOperationError(
+                f"{purpose} failed on {self.address}: {detail}; if the PACS does not know the move destination "
+                f"{s.move_destination!r}, register it there (this host, port {s.scp_port}) or set "
+                f"{env_name('move_aet')} / {env_name('scp_port')}", setting=env_name("move_aet"))
         if code == 0x0124:  # "Not authorized"
             return PacsAccessDenied(
                 f"{purpose} refused by {self.address}: {detail}; the PACS may not allow AE title "
@@ -314,13 +328,14 @@ class DimseArchive:
         receiver = _InstanceReceiver(Path(dest_dir), study.study_uid)
         handlers = [(evt.EVT_C_STORE, receiver.handle)]
         with self._association(contexts, "C-GET", roles=roles, handlers=handlers) as assoc:
-            self._await_retrieve(assoc, assoc.send_c_get(self._study_query(study.study_uid),
-                                                         StudyRootQueryRetrieveInformationModelGet), "C-GET", study)
-        return self._fetched(study, receiver, "C-GET")
+            responses = assoc.send_c_get(self._study_query(study.study_uid), StudyRootQueryRetrieveInformationModelGet)
+            failed = self._await_retrieve(responses, "C-GET", study)
+        return self._fetched(study, receiver, "C-GET", instances, failed)
 
     def fetch_by_move(self, study: StudyRef, dest_dir: Path) -> FetchedStudy:
         """C-MOVE: the PACS opens an association to our Storage SCP (started for this fetch only)."""
         s = self.settings
+        instances = self.list_instances(study.study_uid)
         receiver = _InstanceReceiver(Path(dest_dir), study.study_uid)
         scp = AE(ae_title=s.move_destination)
         scp.supported_contexts = storage_scp_contexts()
@@ -336,28 +351,43 @@ class DimseArchive:
             with self._association([build_context(StudyRootQueryRetrieveInformationModelMove)], "C-MOVE") as assoc:
                 responses = assoc.send_c_move(self._study_query(study.study_uid), s.move_destination,
                                               StudyRootQueryRetrieveInformationModelMove)
-                self._await_retrieve(assoc, responses, "C-MOVE", study)
+                failed = self._await_retrieve(responses, "C-MOVE", study)
         finally:
             server.shutdown()
             scp.shutdown()
-        return self._fetched(study, receiver, "C-MOVE")
+        return self._fetched(study, receiver, "C-MOVE", instances, failed)
 
-    def _await_retrieve(self, assoc: Association, responses: Iterator, purpose: str, study: StudyRef) -> None:
+    def _await_retrieve(self, responses: Iterator, purpose: str, study: StudyRef) -> int:
+        """Wait for the final response; return how many sub-operations failed (0xB000 = some did)."""
+        started = time.monotonic()
         for status, _identifier in responses:
             code = _status_code(status)
             if code in _PENDING:
                 continue
             if code == 0x0000:
-                return
-            if code == 0xB000 or code == _CANCEL:
-                failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
-                raise PacsOperationError(f"{purpose} of study {study.study_uid} from {self.address}: {failed} "
-                                         f"instance(s) failed to transfer (status 0x{code:04X})", retriable=True)
-            raise self._operation_error(f"{purpose} study {study.study_uid}", code, status, aborted=assoc.is_aborted)
+                return 0
+            if code in (0xB000, _CANCEL):
+                return int(status.get("NumberOfFailedSuboperations", 0) or 1)
+            raise self._operation_error(f"{purpose} study {study.study_uid}", code, status,
+                                        aborted=self._peer_gave_up(started))
+        raise self._operation_error(f"{purpose} study {study.study_uid}", None, None,
+                                    aborted=self._peer_gave_up(started))
 
-    def _fetched(self, study: StudyRef, receiver: "_InstanceReceiver", purpose: str) -> FetchedStudy:
+    def _fetched(self, study: StudyRef, receiver: "_InstanceReceiver", purpose: str,
+                 instances: list[InstanceRef], failed: int) -> FetchedStudy:
         if receiver.refused:
             log.warning("%s %s: refused %d instance(s) of other studies", purpose, study.study_uid, receiver.refused)
+        received = {p.stem for p in receiver.files}
+        missing = [i for i in instances if i.sop_uid not in received]
+        needed = [i for i in missing if i.modality not in DERIVED_MODALITIES]
+        if needed or (failed and not missing):
+            raise PacsOperationError(
+                f"{purpose} of study {study.study_uid} from {self.address}: {max(failed, len(needed))} instance(s) "
+                f"failed to transfer", retriable=True)
+        if missing:
+            # e.g. Orthanc 1.10 cannot send LABELMAP SEG over C-GET; derived objects are not our input.
+            log.warning("%s %s: %d derived instance(s) (%s) not transferred", purpose, study.study_uid,
+                        len(missing), ",".join(sorted({i.modality for i in missing})))
         if not receiver.files:
             raise PacsOperationError(f"{purpose} of study {study.study_uid} from {self.address} returned no instances")
         log.info("%s %s: %d instances", purpose, study.study_uid, len(receiver.files))

@@ -128,7 +128,7 @@ def deliver(seg: Dataset | Path, sink: SegSink, outbox: Outbox, *, ledger: Ledge
         return DeliveryOutcome(seg_uid, Delivery.SKIPPED)
     try:
         store_with_retry(sink, ds, policy, sleep)
-    except PacsError as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever broke the store, the SEG must not be lost
         outbox.put(ds)
         if guarded:
             ledger.mark_store_pending(source_sop_uid, fingerprint, seg_uid, exc)
@@ -180,7 +180,7 @@ def drain(sink: SegSink, outbox: Outbox, *, ledger: Ledger | None = None, policy
                         store_with_retry(sink, item.path, policy, sleep)
                     except PacsUnreachable:
                         raise
-                    except PacsError as exc:
+                    except Exception as exc:  # noqa: BLE001 - record it, keep the file, go on with the rest
                         report.failed[item.sop_uid] = f"{type(exc).__name__}: {exc}"
                         if ledger is not None:
                             ledger.note_store_failure(item.sop_uid, exc)

@@ -33,7 +33,7 @@ def demo(
 
     result = run_demo(output, fresh=not keep)
     n, a = result.nightly, result.audit
-    overall = a.get("overall") or {}
+    overall = a.get("summary") or {}
     typer.echo("\n=== Sam2Rad demo finished ===")
     typer.echo(n["headline"])
     typer.echo(f"SEGs (DICOM-SEG, one per source instance): {result.root / 'outbox'}")

@@ -1,7 +1,6 @@
 """The Dice audit flow: SEGs against reference labels -> per-instance/study tables + HTML report."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -25,19 +24,10 @@ def audit(seg_dir: str, reference_dir: str, output_dir: str = "runs", threshold:
     """Dice, IoU, HD95 and ASSD (mm) of every SEG in seg_dir against reference labels (reference SEGs
     or <SOPInstanceUID>.npz masks); studies below `threshold` mean Dice are flagged."""
     result = audit_segs(seg_dir, reference_dir, str(Path(output_dir) / "audit"), threshold, source_dir)
-    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
-    overall = result.overall or {}
-    lines = [f"# Sam2Rad Dice audit (threshold {threshold})", "",
-             f"{result.n_matched} SEGs matched to references, {result.n_missing_reference} without reference, "
-             f"{result.n_missing_seg} references without SEG; {result.n_flagged_studies} studies flagged.", "",
-             "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in overall.items()]
-    if result.flagged_studies:
-        lines += ["", "Flagged studies: " + ", ".join(result.flagged_studies)]
-    lines += ["", f"Report: `{result.report_html}`"]
-    create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown="\n".join(lines), description="Dice audit summary")
+    create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown=result.markdown(), description="Dice audit summary")
     create_link_artifact(key="sam2rad-audit-report", link=Path(result.report_html).resolve().as_uri(),
                          link_text="Dice audit HTML report")
-    get_run_logger().info("audit: %d matched, mean Dice %s, %d studies flagged; report %s", result.n_matched,
-                          overall.get("dice_mean"), result.n_flagged_studies, result.report_html)
-    return summary
+    get_run_logger().info("audit: %d SEGs matched to references, mean Dice %s, %d studies flagged; report %s",
+                          result.n_matched, result.summary.get("dice_mean"), result.n_flagged_studies,
+                          result.report_html)
+    return result.as_dict()

@@ -19,7 +19,7 @@ from prefect.context import TaskRunContext, get_run_context
 from flows.runtime import default_device, ensure_gpu_limit, gpu_slot, load_model
 from pipeline.ledger import Ledger
 from pipeline.metrics import InstanceMetrics, RowStatus, study_metrics, write_tables
-from pipeline.pacs import PacsError, PacsSettings, open_archive, store_with_outbox, drain_outbox
+from pipeline.pacs import Delivery, Outbox, PacsError, PacsSettings, deliver, drain, open_archive
 from pipeline.pacs.base import PacsAccessDenied, PacsConfigError
 from pipeline.run import parse_window, process_study
 from pipeline.seg import SegWriter
@@ -64,7 +64,13 @@ def discover_studies(settings: PacsSettings, start_date: str | None, end_date: s
       cache_policy=NO_CACHE)
 def drain_previous_failures(settings: PacsSettings, ledger_path: str) -> int:
     """SEGs a previous night could not store go first: nothing is lost, nothing stored twice."""
-    return drain_outbox(open_archive(settings), settings, Ledger(ledger_path))
+    outbox = Outbox(settings.store_outbox)
+    if not outbox.items():
+        return 0
+    report = drain(open_archive(settings), outbox, ledger=Ledger(ledger_path), policy=settings.retry_policy())
+    get_run_logger().info("outbox drain: %d stored, %d already in the archive, %d failed, %d remain",
+                          len(report.stored), len(report.already_there), len(report.failed), report.remaining)
+    return len(report.stored)
 
 
 def _study_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
@@ -74,10 +80,12 @@ def _study_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
     fingerprint = parameters["model_fingerprint"]
     if parameters.get("dry_run"):
         return None
-    ledger = Ledger(parameters["ledger_path"])
-    if ledger.has_unfinished(ref.study_uid, fingerprint):
+    status = Ledger(parameters["ledger_path"]).study_status(ref.study_uid, fingerprint)
+    # Only a study the ledger knows and has finished may be skipped from the cache.
+    if not status or any(n for s, n in status.items() if s not in ("done", "skipped")):
         return None
-    return hashlib.sha256(f"{ref.study_uid}|{fingerprint}|{parameters['code_version']}".encode()).hexdigest()
+    key = f"{ref.study_uid}|{fingerprint}|{parameters['code_version']}|{parameters['ledger_path']}"
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @task(name="segment-study", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_io,
@@ -96,20 +104,23 @@ def segment_study(settings: PacsSettings, ref: StudyRef, checkpoint: str | None,
     with tempfile.TemporaryDirectory(prefix="sam2rad-fetch-") as staging:
         fetched = archive.fetch(ref, Path(staging))
 
+        outbox = Outbox(settings.store_outbox)
+
         def record(row: InstanceMetrics, seg) -> None:
             nonlocal stored, kept
             if dry_run or row.sop_uid is None:
                 return
+            ledger.mark_started(row.sop_uid, card.fingerprint, study_uid=ref.study_uid)
             if seg is None:
-                if row.status == RowStatus.FAILED.value:
-                    ledger.mark_failed(row.sop_uid, card.fingerprint, row.error or "failed", study_uid=ref.study_uid)
+                if row.status == RowStatus.SKIPPED.value:
+                    ledger.mark_skipped(row.sop_uid, card.fingerprint, row.error or "skipped")
+                else:
+                    ledger.mark_failed(row.sop_uid, card.fingerprint, row.error or "failed")
                 return
-            ledger.mark_segmented(row.sop_uid, card.fingerprint, seg.sop_uid, study_uid=ref.study_uid)
-            if store_with_outbox(archive, seg.path, settings, ledger, source_sop_uid=row.sop_uid,
-                                 fingerprint=card.fingerprint):
-                stored += 1
-            else:
-                kept += 1
+            result = deliver(seg.path, archive, outbox, ledger=ledger, source_sop_uid=row.sop_uid,
+                             fingerprint=card.fingerprint, policy=settings.retry_policy())
+            stored += result.delivery is Delivery.STORED
+            kept += result.delivery is Delivery.KEPT
 
         outcome = process_study(fetched, model, writer, seg_dir, mode, batch_size, dry_run,
                                 is_done=lambda sop: ledger.is_done(sop, card.fingerprint),

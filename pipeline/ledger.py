@@ -269,6 +269,18 @@ class Ledger:
                                 (Status.DONE.value, _now(), seg_sop_uid, Status.DONE.value))
             return cursor.rowcount
 
+    def mark_seg_lost(self, seg_sop_uid: str, reason: str) -> int:
+        """A store-pending SEG is gone from the outbox: make its source failed, so a run segments it again.
+
+        Conditional on store-pending, so a concurrent drain that stored it (ledger first, file after) wins.
+        """
+        with self._write() as db:
+            cursor = db.execute("UPDATE instances SET status = ?, last_error = ?, updated_at = ? "
+                                "WHERE seg_sop_uid = ? AND status = ?",
+                                (Status.FAILED.value, reason[:_MAX_ERROR_CHARS], _now(), seg_sop_uid,
+                                 Status.STORE_PENDING.value))
+            return cursor.rowcount
+
     def note_store_failure(self, seg_sop_uid: str, error: str | BaseException) -> int:
         """A drain could not store this SEG either; count it and keep the newest error."""
         with self._write() as db:

@@ -48,7 +48,10 @@ def model_card_for(model, mode: str = "auto", name: str = "Sam2Rad") -> ModelCar
     sha = info["checkpoint_sha256"]
     if len(sha) != 64:
         raise ValueError("the model has no checkpoint sha256: load it with sam2rad.checkpoint.load_checkpoint")
-    return ModelCard(name=name, version=info["code_version"], backbone_fingerprint=info["backbone_fingerprint"],
+    from sam2rad import __version__
+
+    # The model's version, not the code's git revision: a deploy must not re-segment the archive.
+    return ModelCard(name=name, version=__version__, backbone_fingerprint=info["backbone_fingerprint"],
                      checkpoint_sha256=sha, mode=mode, class_names=tuple(info["class_names"]))
 
 

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_by_seg ON instances (seg_sop_uid);
 CREATE INDEX IF NOT EXISTS instances_by_status ON instances (status, fingerprint);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid, fingerprint);
 """
 
 

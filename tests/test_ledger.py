@@ -42,6 +42,15 @@ def test_done_is_skipped_and_failed_is_retried(ledger):
     assert ledger.counts(FP) == {"pending": 0, "done": 2, "skipped": 1, "failed": 0, "store-pending": 0}
 
 
+def test_study_status_counts_one_study(ledger):
+    assert ledger.study_status("1.2.3", FP) == {}
+    ledger.claim("1.2.3.1", FP, study_uid="1.2.3")
+    ledger.claim("1.2.3.2", FP, study_uid="1.2.3")
+    ledger.claim("1.2.4.1", FP, study_uid="1.2.4")
+    ledger.mark_done("1.2.3.1", FP, "9.9.1")
+    assert ledger.study_status("1.2.3", FP) == {"done": 1, "pending": 1}
+
+
 def test_fingerprints_are_independent(ledger):
     ledger.mark_started("1.2.3.1", FP)
     ledger.mark_done("1.2.3.1", FP, "9.9.1")

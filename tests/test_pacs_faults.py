@@ -246,3 +246,15 @@ def test_an_unexpected_sink_error_still_keeps_the_seg(one_seg, tmp_path):
     outbox = Outbox(tmp_path / "outbox")
     outcome = deliver(one_seg, BrokenSink([]), outbox, sleep=lambda s: None)
     assert outcome.delivery is Delivery.KEPT and "RuntimeError" in outcome.error and len(outbox) == 1
+
+
+def test_drain_hands_a_lost_outbox_file_back_to_the_next_run(one_seg, tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        deliver(one_seg, ScriptedSink([PacsUnreachable("down")]), outbox, ledger=ledger, source_sop_uid="1.2.3",
+                fingerprint="fp", policy=RetryPolicy(attempts=1))
+        assert ledger.todo(["1.2.3"], "fp") == []  # waiting in the outbox: not segmented again ...
+        outbox.items()[0].path.unlink()  # ... until someone deletes the file
+        report = drain(ScriptedSink([]), outbox, ledger=ledger)
+        assert report.lost == [one_seg.SOPInstanceUID]
+        assert ledger.entry("1.2.3", "fp").status is Status.FAILED and ledger.todo(["1.2.3"], "fp") == ["1.2.3"]

@@ -62,7 +62,8 @@ RETRIEVE_TRANSFER_SYNTAXES = (
 _UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.2"}
 # Objects derived from images (ours among them); a retrieve may go without them, the pipeline reads images.
 DERIVED_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "REG"})
-_MAX_CONTEXTS = 128  # DICOM limit per association (context IDs are odd numbers 1..255)
+_MAX_CONTEXTS = 128
+_MOVE_SCP_LOCK = threading.Lock()  # DICOM limit per association (context IDs are odd numbers 1..255)
 
 # C-FIND/C-GET/C-MOVE status codes worth naming in messages.
 _PENDING = (0xFF00, 0xFF01)
@@ -131,15 +132,17 @@ class DimseArchive:
                      handlers: list | None = None) -> Iterator[Association]:
         s = self.settings
         ae = self._new_ae()
-        assoc = ae.associate(s.host, s.port, contexts=contexts, ae_title=s.called_aet,
-                             ext_neg=roles, evt_handlers=handlers)
-        if not assoc.is_established:
-            raise self._association_error(assoc, purpose)
         try:
-            yield assoc
+            assoc = ae.associate(s.host, s.port, contexts=contexts, ae_title=s.called_aet,
+                                 ext_neg=roles, evt_handlers=handlers)
+            if not assoc.is_established:
+                raise self._association_error(assoc, purpose)
+            try:
+                yield assoc
+            finally:
+                if assoc.is_established:
+                    assoc.release()
         finally:
-            if assoc.is_established:
-                assoc.release()
             ae.shutdown()
 
     def _association_error(self, assoc: Association, purpose: str) -> Exception:
@@ -167,9 +170,13 @@ class DimseArchive:
         if reply is not None and int(reply.result or 0) == 0:
             # Accepted, then aborted by pynetdicom because no presentation context was accepted.
             proposed = sorted({str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts})
+            hint = ""
+            if LABEL_MAP_SEGMENTATION_STORAGE in proposed:
+                hint = ("; Label Map Segmentation Storage is new and many archives do not know it yet: enable "
+                        "it there (Orthanc: UnknownSopClassAccepted) or write BINARY SEGs")
             return PacsAssociationRejected(
                 f"{where} ({s.called_aet}) accepted none of the presentation contexts proposed for {purpose} "
-                f"(SOP classes {', '.join(proposed)}); the PACS must be configured to accept them")
+                f"(SOP classes {', '.join(proposed)}); the PACS must be configured to accept them{hint}")
         reason = _probe_tcp(s.host, s.port, min(s.timeout_s, 5.0))
         if reason:
             return PacsUnreachable(
@@ -340,21 +347,24 @@ class DimseArchive:
         scp = AE(ae_title=s.move_destination)
         scp.supported_contexts = storage_scp_contexts()
         scp.network_timeout = scp.acse_timeout = scp.dimse_timeout = s.timeout_s
-        try:
-            server = scp.start_server((s.scp_bind, s.scp_port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])
-        except OSError as exc:
-            raise PacsConfigError(f"cannot start the Storage SCP for C-MOVE on {s.scp_bind}:{s.scp_port}: {exc}; "
-                                  f"set {env_name('scp_port')} (and {env_name('scp_bind')})",
-                                  setting=env_name("scp_port")) from exc
-        try:
-            with self._association([build_context(StudyRootQueryRetrieveInformationModelMove)], "C-MOVE") as assoc:
-                responses = assoc.send_c_move(self._study_query(study.study_uid), s.move_destination,
-                                              StudyRootQueryRetrieveInformationModelMove)
-                failed = self._await_retrieve(responses, "C-MOVE", study)
-        finally:
-            server.shutdown()
-            scp.shutdown()
+        with _MOVE_SCP_LOCK:  # one SCP port: this process's C-MOVEs take turns
+            try:
+                server = scp.start_server((s.scp_bind, s.scp_port), block=False,
+                                          evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])
+            except OSError as exc:
+                raise PacsConfigError(
+                    f"cannot start the Storage SCP for C-MOVE on {s.scp_bind}:{s.scp_port}: {exc} (another "
+                    f"process using the port? give each worker its own port, or use C-GET); set "
+                    f"{env_name('scp_port')} (and {env_name('scp_bind')})", setting=env_name("scp_port")) from exc
+            try:
+                move = [build_context(StudyRootQueryRetrieveInformationModelMove)]
+                with self._association(move, "C-MOVE") as assoc:
+                    responses = assoc.send_c_move(self._study_query(study.study_uid), s.move_destination,
+                                                  StudyRootQueryRetrieveInformationModelMove)
+                    failed = self._await_retrieve(responses, "C-MOVE", study)
+            finally:
+                server.shutdown()
+                scp.shutdown()
         return self._fetched(study, receiver, "C-MOVE", instances, failed)
 
     def _await_retrieve(self, responses: Iterator, purpose: str, study: StudyRef) -> int:

@@ -148,6 +148,7 @@ class DrainReport:
     stored: list[str] = field(default_factory=list)  # stored by this drain
     already_there: list[str] = field(default_factory=list)  # the sink had them (an earlier, unconfirmed store)
     failed: dict[str, str] = field(default_factory=dict)  # SEG SOP UID -> error
+    lost: list[str] = field(default_factory=list)  # store-pending in the ledger, gone from the outbox
     remaining: int = 0  # still in the outbox afterwards
 
     @property
@@ -197,7 +198,19 @@ def drain(sink: SegSink, outbox: Outbox, *, ledger: Ledger | None = None, policy
             report.failed[uid] = f"{type(exc).__name__}: {exc}"
             if ledger is not None:
                 ledger.note_store_failure(uid, exc)
+    if ledger is not None:
+        _reconcile(ledger, outbox, report)
     report.remaining = len(outbox)
-    log.info("drain: %d stored, %d already there, %d failed, %d remaining", len(report.stored),
-             len(report.already_there), len(report.failed), report.remaining)
+    log.info("drain: %d stored, %d already there, %d failed, %d lost, %d remaining", len(report.stored),
+             len(report.already_there), len(report.failed), len(report.lost), report.remaining)
     return report
+
+
+def _reconcile(ledger: Ledger, outbox: Outbox, report: DrainReport) -> None:
+    """Ledger entries waiting for a SEG that is no longer in the outbox (deleted by hand, disk lost)
+    would never be stored nor segmented again: hand them back to the next run as failed."""
+    waiting = {item.sop_uid for item in outbox.items()}
+    for entry in ledger.pending_store():
+        if entry.seg_sop_uid and entry.seg_sop_uid not in waiting:
+            if ledger.mark_seg_lost(entry.seg_sop_uid, "SEG missing from the store outbox; segment again"):
+                report.lost.append(entry.seg_sop_uid)

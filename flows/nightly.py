@@ -20,7 +20,6 @@ from flows.runtime import default_device, ensure_gpu_limit, gpu_slot, load_model
 from pipeline.ledger import Ledger
 from pipeline.metrics import InstanceMetrics, RowStatus, study_metrics, write_tables
 from pipeline.pacs import Delivery, Outbox, PacsError, PacsSettings, deliver, drain, open_archive
-from pipeline.pacs.base import PacsAccessDenied, PacsConfigError
 from pipeline.run import parse_window, process_study
 from pipeline.seg import SegWriter
 from pipeline.segment import model_card_for
@@ -33,10 +32,8 @@ def transient_io(task, task_run, state) -> bool:
     """Retry PACS trouble that may pass (unreachable, dropped association), not configuration errors."""
     try:
         state.result()
-    except (PacsConfigError, PacsAccessDenied):
-        return False
-    except PacsError:
-        return True
+    except PacsError as exc:
+        return exc.retriable  # unreachable / dropped: yes; wrong AE title or password: no
     except Exception:  # noqa: BLE001 - bad data, bugs, MemoryError: retrying would not help
         return False
     return False
@@ -123,7 +120,8 @@ def segment_study(settings: PacsSettings, ref: StudyRef, checkpoint: str | None,
             kept += result.delivery is Delivery.KEPT
 
         outcome = process_study(fetched, model, writer, seg_dir, mode, batch_size, dry_run,
-                                is_done=lambda sop: ledger.is_done(sop, card.fingerprint),
+                                # todo() also settles SEGs waiting in the outbox: no re-segmenting while the PACS is down.
+                                is_done=lambda sop: not ledger.todo([sop], card.fingerprint),
                                 on_result=record, batch_guard=gpu_slot)
     return {
         "study_uid": ref.study_uid,

@@ -157,7 +157,9 @@ class FeatureCache:
 
 def _pyramid_to_dict(p: FeaturePyramid) -> dict[str, torch.Tensor]:
     out = {"embedding": p.image_embedding.contiguous()}
-    out.update({f"level{i}": t.contiguous() for i, t in enumerate(p.levels)})
+    # Backbones hand the embedding on as the coarsest level too; safetensors refuses shared storage.
+    out.update({f"level{i}": (t.clone() if t.data_ptr() == p.image_embedding.data_ptr() else t.contiguous())
+                for i, t in enumerate(p.levels)})
     if p.high_res is not None:
         out.update({f"high{i}": t.contiguous() for i, t in enumerate(p.high_res)})
     return out
@@ -214,26 +216,26 @@ class Trainer:
                                             checkpoint=cfg.backbone_checkpoint, input_size=cfg.input_size,
                                             pretrained=pretrained)
         self.model.to(self.device)
-        self.cache = FeatureCache(self.model, "memory" if cfg.cache == "none" else cfg.cache, cfg.cache_dir)
+        self.cache = FeatureCache(self.model, cfg.cache, cfg.cache_dir)
         self.log = log or (lambda msg: None)
 
-    def _examples(self, samples: Sequence[Sample], copies: int, seed: int, tag: str) -> list[CachedExample]:
+    def _example(self, sample: Sample, index: int, copy: int, seed: int, tag: str) -> CachedExample:
+        """Augmented copy `copy` of a sample (copy 0 is the original), encoded through the cache."""
         bb = self.model.backbone
+        masks = class_masks(sample, self.model.num_classes)
+        if copy == 0:
+            img, ms = sample.image, masks
+        else:
+            # Same seed per class so image and every class mask get the same transform.
+            aug = [augment(sample.image, m, np.random.default_rng([seed, index, copy])) for m in masks]
+            img, ms = aug[0][0], np.stack([a[1] for a in aug])
+        feats, geom = self.cache.encode(img, f"{tag}:{sample.name}:{copy}:{seed}")
         out_side = bb.prompt_encoder.mask_input_size[0]
-        examples = []
-        for i, s in enumerate(samples):
-            masks = class_masks(s, self.model.num_classes)
-            for c in range(copies):
-                if c == 0:
-                    img, ms = s.image, masks
-                else:
-                    # Same seed per class so image and every class mask get the same transform.
-                    aug = [augment(s.image, m, np.random.default_rng([seed, i, c])) for m in masks]
-                    img, ms = aug[0][0], np.stack([a[1] for a in aug])
-                feats, geom = self.cache.encode(img, f"{tag}:{s.name}:{c}:{seed}")
-                target = np.stack([mask_to_model_space(m, geom, bb.input_size, out_side) for m in ms])
-                examples.append(CachedExample(feats, geom, target, ms))
-        return examples
+        target = np.stack([mask_to_model_space(m, geom, bb.input_size, out_side) for m in ms])
+        return CachedExample(feats, geom, target, ms)
+
+    def _examples(self, samples: Sequence[Sample], copies: int, seed: int, tag: str) -> list[CachedExample]:
+        return [self._example(s, i, c, seed, tag) for i, s in enumerate(samples) for c in range(copies)]
 
     def _batch(self, batch: list[CachedExample], rng: np.random.Generator
                ) -> tuple[FeaturePyramid, Targets, torch.Tensor | None]:
@@ -270,7 +272,8 @@ class Trainer:
         start = time.perf_counter()
         copies = cfg.augment_copies
         rng = np.random.default_rng(cfg.seed)
-        train_ex = self._examples(train, copies, cfg.seed, "train")
+        # Without the cache (benchmark baseline) every step re-encodes the image it draws.
+        train_ex = self._examples(train, copies, cfg.seed, "train") if cfg.cache != "none" else []
         val_ex = self._examples(val, 1, cfg.seed, "val") if val else []
         params = self.model.trainable_parameters()
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -290,11 +293,11 @@ class Trainer:
             losses = []
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                if cfg.cache == "none":  # benchmark baseline: pay the encoder every time
-                    self.cache.memory.clear()
-                    batch = self._examples([train[i] for i in idx], 1, cfg.seed + epoch, "nocache")
+                picks = [(int(i), int(rng.integers(copies))) for i in idx]
+                if cfg.cache == "none":
+                    batch = [self._example(train[i], i, c, cfg.seed, "train") for i, c in picks]
                 else:
-                    batch = [train_ex[i * copies + int(rng.integers(copies))] for i in idx]
+                    batch = [train_ex[i * copies + c] for i, c in picks]
                 feats, targets, boxes = self._batch(batch, rng)
                 ppn_out, logits, _, obj = self.model(feats, boxes)
                 loss, parts = sam2rad_loss(logits, ppn_out.box_norm, ppn_out.mask_logits, obj, targets, cfg.loss)

@@ -1,0 +1,128 @@
+"""Issue 3 acceptance: few-shot training, feature cache, checkpoints and their model card, evaluation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sam2rad.backbones import build_backbone
+from sam2rad.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
+from sam2rad.data.specs import load_spec
+from sam2rad.evaluate import evaluate_model, simulated_click, summarise
+from sam2rad.model import build_sam2rad
+from sam2rad.train import TrainConfig, Trainer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def ten_images():
+    return load_spec("synthetic:10:3")[0]
+
+
+@pytest.fixture(scope="module")
+def trained(ten_images):
+    """A short 10-image run on LiteMedSAM (real weights)."""
+    cfg = TrainConfig(epochs=6, batch_size=5, augment_copies=1, val_every=3, lr=1e-3, seed=0)
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    result = trainer.fit(ten_images[:8], ten_images[8:], progress=False)
+    return trainer, result, before
+
+
+def test_ten_image_training_lowers_loss_and_leaves_backbone(trained):
+    trainer, result, before = trained
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0], losses
+    for name, value in trainer.model.backbone.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert [h["epoch"] for h in result.history if "val_dice" in h] == [3, 6]
+    assert 0 <= result.best_val_dice <= 1
+
+
+def test_feature_cache_encodes_each_image_once(trained):
+    _, result, _ = trained
+    # 8 training + 2 validation images, one copy each: encoded once, reused for all 6 epochs.
+    assert result.encodings == 10
+
+
+def test_disk_cache_round_trip(tmp_path, ten_images):
+    model = build_sam2rad("litemedsam")
+    cfg = TrainConfig(epochs=1, batch_size=2, augment_copies=1, cache="disk", cache_dir=str(tmp_path / "cache"))
+    first = Trainer(cfg, model=model)
+    ex1 = first._example(ten_images[0], 0, 0, 0, "t")
+    assert first.cache.misses == 1 and len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    second = Trainer(cfg, model=model)
+    ex2 = second._example(ten_images[0], 0, 0, 0, "t")
+    assert second.cache.hits == 1 and second.cache.misses == 0
+    assert torch.equal(ex1.features.image_embedding, ex2.features.image_embedding)
+    for a, b in zip(ex1.features.levels, ex2.features.levels):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(trained, tmp_path, ten_images):
+    trainer, result, _ = trained
+    path = tmp_path / "ppn.safetensors"
+    card = save_checkpoint(trainer.model, path, training={"n_train": 8}, metrics={"val": result.best_val_dice})
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert json.loads(path.with_suffix(".json").read_text())["backbone_fingerprint"] == card.backbone_fingerprint
+    loaded = load_checkpoint(path, backbone=trainer.model.backbone)
+    image = ten_images[9].image
+    a = trainer.model.predict(image)[0]
+    b = loaded.predict(image)[0]
+    assert np.array_equal(a.masks, b.masks)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-5)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    # the checkpoint holds the PPN only: small, no backbone tensors
+    assert path.stat().st_size < 25e6
+    assert read_card(path).ppn_config == trainer.model.ppn.cfg.to_dict()
+
+
+def test_mismatched_backbone_fingerprint_is_refused(tmp_path):
+    sam2_model = build_sam2rad("sam2.1_hiera_t", pretrained=False, input_size=512, seed=0)
+    path = tmp_path / "sam2_ppn.safetensors"
+    save_checkpoint(sam2_model, path)
+    other = build_backbone("sam2.1_hiera_t", pretrained=False, input_size=512, seed=1)
+    with pytest.raises(CheckpointError, match="trained on backbone sam2.1_hiera_t@512:random-seed0"):
+        load_checkpoint(path, backbone=other)
+    # the same architecture and seed is accepted
+    assert load_checkpoint(path).backbone.fingerprint == "sam2.1_hiera_t@512:random-seed0"
+    bad_card = path.with_suffix(".json")
+    bad_card.write_text("{not json")
+    with pytest.raises(CheckpointError, match="malformed model card"):
+        load_checkpoint(path)
+
+
+def test_training_config_errors():
+    with pytest.raises(ValueError, match="unknown training options: bogus"):
+        TrainConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="cache_dir"):
+        TrainConfig.from_dict({"cache": "disk"})
+    with pytest.raises(ValueError, match="no training images"):
+        Trainer(TrainConfig(epochs=1), model=build_sam2rad("sam2.1_hiera_t", pretrained=False, input_size=512)).fit([], [])
+    with pytest.raises(ValueError, match="synthetic:N"):
+        load_spec("synthetic:x")
+
+
+def test_simulated_click_targets_largest_error():
+    gt = np.zeros((40, 40), bool)
+    gt[10:30, 5:35] = True
+    pred = gt.copy()
+    pred[10:30, 20:35] = False  # the model missed the right half
+    (x, y), label = simulated_click(pred, gt)
+    assert label == 1 and 20 <= x < 35 and 10 <= y < 30
+    (x, y), label = simulated_click(gt | np.pad(np.ones((5, 5), bool), ((0, 35), (0, 35))), gt)
+    assert label == 0 and x < 5 and y < 5
+
+
+def test_evaluate_demo_checkpoint_beats_box_baseline():
+    """The shipped checkpoint on held-out generated images: auto >= the ground-truth-box baseline."""
+    model = load_checkpoint()
+    samples = load_spec("synthetic:6:7")[0]
+    summary = {s["mode"]: s for s in summarise(evaluate_model(model, samples))}
+    assert set(summary) == {"auto", "manual_gt_box", "semi_click"}
+    assert summary["auto"]["unit"] == "mm"
+    assert summary["auto"]["dice_mean"] >= summary["manual_gt_box"]["dice_mean"]

@@ -19,6 +19,8 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_nightly.py
 
 clean:
 	rm -rf $(VENV) demo-output runs .pytest_cache

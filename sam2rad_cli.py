@@ -18,6 +18,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Sam2Rad Pipeline: autonomous ultrasound bone segmentation -> DICOM-SEG -> PACS.")
 
 
+def _load_data(spec: str):
+    """A data spec -> (samples, description); dicom:IMAGES:SEGS pairs archive images with reference SEGs."""
+    if spec.startswith("dicom:"):
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"bad dicom spec {spec!r}; use dicom:IMAGES_DIR:REFERENCE_SEG_DIR")
+        from pipeline.training_data import samples_from_dicom
+
+        return samples_from_dicom([parts[1]], [parts[2]]), f"DICOM {parts[1]} + SEG {parts[2]}"
+    from sam2rad.data.specs import load_spec
+
+    return load_spec(spec)
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -129,7 +143,7 @@ def segment(
 
 @app.command()
 def train(
-    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]], an imgs/gts PNG folder, or NPZ file(s)."),
+    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]], an imgs/gts PNG folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
     val_data: Optional[str] = typer.Option(None, help="Validation data (same forms). Default: --val-fraction of --data."),
     val_fraction: float = typer.Option(0.2, help="Fraction of --data held out for validation when --val-data is not given."),
     out: Path = typer.Option(Path("checkpoints/sam2rad_ppn.safetensors"), help="Checkpoint to write (a .json model card goes beside it)."),
@@ -153,7 +167,6 @@ def train(
 
     from sam2rad.checkpoint import save_checkpoint
     from sam2rad.data.datasets import InMemoryDataset, train_val_split
-    from sam2rad.data.specs import load_spec
     from sam2rad.train import Trainer, TrainConfig, training_summary
 
     torch.set_num_threads(threads)
@@ -172,9 +185,9 @@ def train(
     base.update({k: v for k, v in flags.items() if v is not None})
     try:
         cfg = TrainConfig.from_dict(base)
-        samples, source = load_spec(data)
+        samples, source = _load_data(data)
         if val_data:
-            train_set, val_set = samples, load_spec(val_data)[0]
+            train_set, val_set = samples, _load_data(val_data)[0]
         else:
             tr, va = train_val_split(InMemoryDataset(samples), val_fraction, seed=cfg.seed)
             train_set, val_set = list(tr), list(va)
@@ -192,7 +205,7 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Optional[Path] = typer.Option(None, help="PPN checkpoint (default: the shipped demo checkpoint)."),
-    data: str = typer.Option("synthetic:50:7", help="Test data: synthetic:N[:SEED[:SIZE]], an imgs/gts folder, or NPZ file(s)."),
+    data: str = typer.Option("synthetic:50:7", help="Test data: synthetic:N[:SEED[:SIZE]], an imgs/gts folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
     modes: str = typer.Option("auto,manual_gt_box,semi_click", help="Comma list of auto, manual_gt_box (zero-shot baseline), semi_click (one simulated click)."),
     out_dir: Path = typer.Option(Path("runs/evaluate"), help="Where per-image and summary CSVs go."),
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones."),
@@ -202,13 +215,12 @@ def evaluate(
     import torch
 
     from sam2rad.checkpoint import CheckpointError, load_checkpoint
-    from sam2rad.data.specs import load_spec
     from sam2rad.evaluate import evaluate_model, format_table, summarise, write_csv
 
     torch.set_num_threads(threads)
     try:
         model = load_checkpoint(checkpoint, backbone_checkpoint=backbone_checkpoint)
-        samples, source = load_spec(data)
+        samples, source = _load_data(data)
         rows = evaluate_model(model, samples, [m.strip() for m in modes.split(",") if m.strip()], progress=True)
     except (ValueError, CheckpointError) as exc:
         _fail(str(exc))

@@ -6,6 +6,7 @@ discovery, retrieval, store); bad input and out-of-memory are never retried.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -39,8 +40,10 @@ def transient_io(task, task_run, state) -> bool:
     return False
 
 
-def _settings(source_kind: str, inbox: str | None, outbox: str | None) -> PacsSettings:
-    changes = {"kind": source_kind}
+def _settings(source_kind: str, inbox: str | None, outbox: str | None, output_dir: Path) -> PacsSettings:
+    changes: dict = {"kind": source_kind}
+    if "SAM2RAD_STORE_OUTBOX" not in os.environ:  # SEGs waiting for a store live beside the run folders
+        changes["store_outbox"] = output_dir / "store-outbox"
     if inbox:
         changes["inbox"] = Path(inbox)
     if outbox:
@@ -59,12 +62,13 @@ def discover_studies(settings: PacsSettings, start_date: str | None, end_date: s
 
 @task(name="drain-store-outbox", retries=1, retry_delay_seconds=5, retry_condition_fn=transient_io,
       cache_policy=NO_CACHE)
-def drain_previous_failures(settings: PacsSettings, ledger_path: str) -> int:
+def drain_previous_failures(sink_settings: PacsSettings, ledger_path: str) -> int:
     """SEGs a previous night could not store go first: nothing is lost, nothing stored twice."""
-    outbox = Outbox(settings.store_outbox)
+    outbox = Outbox(sink_settings.store_outbox)
     if not outbox.items():
         return 0
-    report = drain(open_archive(settings), outbox, ledger=Ledger(ledger_path), policy=settings.retry_policy())
+    report = drain(open_archive(sink_settings), outbox, ledger=Ledger(ledger_path),
+                   policy=sink_settings.retry_policy())
     get_run_logger().info("outbox drain: %d stored, %d already in the archive, %d failed, %d remain",
                           len(report.stored), len(report.already_there), len(report.failed), report.remaining)
     return len(report.stored)
@@ -87,21 +91,23 @@ def _study_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
 
 @task(name="segment-study", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_io,
       cache_key_fn=_study_cache_key, persist_result=True, result_serializer="json")
-def segment_study(settings: PacsSettings, ref: StudyRef, checkpoint: str | None, mode: str, batch_size: int,
-                  dry_run: bool, run_dir: str, ledger_path: str, model_fingerprint: str, code_version: str) -> dict:
+def segment_study(settings: PacsSettings, sink_settings: PacsSettings, ref: StudyRef, checkpoint: str | None,
+                  mode: str, batch_size: int, dry_run: bool, run_dir: str, ledger_path: str,
+                  model_fingerprint: str, code_version: str) -> dict:
     """Fetch one study, segment what the ledger has not finished, write SEGs, store them."""
     model = load_model(checkpoint, default_device())
     card = model_card_for(model, mode)
     writer = SegWriter(card)
     ledger = Ledger(ledger_path)
     archive = open_archive(settings)
+    sink = archive if sink_settings == settings else open_archive(sink_settings)
     seg_dir = Path(run_dir) / "segs" / ref.study_uid
     seg_dir.mkdir(parents=True, exist_ok=True)
     stored = kept = 0
     with tempfile.TemporaryDirectory(prefix="sam2rad-fetch-") as staging:
         fetched = archive.fetch(ref, Path(staging))
 
-        outbox = Outbox(settings.store_outbox)
+        outbox = Outbox(sink_settings.store_outbox)
 
         def record(row: InstanceMetrics, seg) -> None:
             nonlocal stored, kept
@@ -114,8 +120,8 @@ def segment_study(settings: PacsSettings, ref: StudyRef, checkpoint: str | None,
                 else:
                     ledger.mark_failed(row.sop_uid, card.fingerprint, row.error or "failed")
                 return
-            result = deliver(seg.path, archive, outbox, ledger=ledger, source_sop_uid=row.sop_uid,
-                             fingerprint=card.fingerprint, policy=settings.retry_policy())
+            result = deliver(seg.path, sink, outbox, ledger=ledger, source_sop_uid=row.sop_uid,
+                             fingerprint=card.fingerprint, policy=sink_settings.retry_policy())
             stored += result.delivery is Delivery.STORED
             kept += result.delivery is Delivery.KEPT
 
@@ -143,12 +149,14 @@ def _in_shard(study_uid: str, shard_index: int, shard_count: int) -> bool:
 def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: str = "folder",
             start_date: str | None = None, end_date: str | None = None, checkpoint: str | None = None,
             mode: str = "auto", batch_size: int = 4, dry_run: bool = False, output_dir: str = "runs",
-            ledger_path: str | None = None, shard_index: int = 0, shard_count: int = 1) -> dict:
+            ledger_path: str | None = None, shard_index: int = 0, shard_count: int = 1,
+            sink_kind: str | None = None) -> dict:
     """Segment the US studies of a date window (default: yesterday) and put DICOM-SEG back.
 
     inbox/outbox: folder archive (source_kind="folder"); DIMSE/DICOMweb addresses come from the
     environment (SAM2RAD_PACS_*, SAM2RAD_DICOMWEB_*). checkpoint: PPN checkpoint, default the shipped
     demo model. shard_index/shard_count split one night across several flow runs (one per worker).
+    sink_kind: where SEGs go when that differs from the source (e.g. read a VNA folder, store to PACS).
     """
     if mode != "auto":
         raise ValueError("the nightly flow runs without a reader: mode must be 'auto'")
@@ -156,9 +164,10 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
         raise ValueError(f"shard_index {shard_index} outside 0..{shard_count - 1}")
     logger = get_run_logger()
     start = time.perf_counter()
-    settings = _settings(source_kind, inbox, outbox)
-    window = parse_window(start_date, end_date)
     out = Path(output_dir).resolve()
+    settings = _settings(source_kind, inbox, outbox, out)
+    sink_settings = settings if not sink_kind or sink_kind == source_kind else settings.replace(kind=sink_kind)
+    window = parse_window(start_date, end_date)
     run_id = str(get_run_context().flow_run.id)[:8]
     run_dir = out / f"nightly-{window.start:%Y%m%d}-{window.end:%Y%m%d}-{run_id}"
     ledger_file = str(Path(ledger_path).resolve() if ledger_path else out / "ledger.sqlite")
@@ -168,14 +177,14 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     card = model_card_for(model, mode)
     from sam2rad.checkpoint import code_version
 
-    drained = 0 if dry_run else drain_previous_failures(settings, ledger_file)
+    drained = 0 if dry_run else drain_previous_failures(sink_settings, ledger_file)
     studies = [s for s in discover_studies(settings, start_date, end_date)
                if _in_shard(s.study_uid, shard_index, shard_count)]
     ensure_gpu_limit()
     results = []
     for ref in studies:
-        results.append(segment_study(settings, ref, checkpoint, mode, batch_size, dry_run, str(run_dir),
-                                     ledger_file, card.fingerprint, code_version()))
+        results.append(segment_study(settings, sink_settings, ref, checkpoint, mode, batch_size, dry_run,
+                                     str(run_dir), ledger_file, card.fingerprint, code_version()))
 
     rows = [InstanceMetrics(**r) for res in results for r in res["rows"]]
     tables = write_tables(rows, run_dir, "nightly") if rows else None

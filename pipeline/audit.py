@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -40,6 +39,7 @@ from pydicom.multival import MultiValue
 from pipeline.decode import iter_grey_frames, suppress_dicom_warnings
 from pipeline.ingest import UsInstance, ingest
 from pipeline.seg import read_seg_masks
+from pipeline.atomic import replace_atomically
 from sam2rad.metrics import evaluate_pair
 
 log = logging.getLogger(__name__)
@@ -698,20 +698,10 @@ class AuditResult:
         return "\n".join(lines)
 
 
-def _replace_atomically(write: Callable[[Path], None], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_table(frame: pd.DataFrame, out: Path, stem: str) -> tuple[Path, Path]:
     parquet, csv = out / f"{stem}.parquet", out / f"{stem}.csv"
-    _replace_atomically(lambda p: frame.to_parquet(p, index=False, engine="pyarrow"), parquet)
-    _replace_atomically(lambda p: frame.to_csv(p, index=False), csv)
+    replace_atomically(lambda p: frame.to_parquet(p, index=False, engine="pyarrow"), parquet)
+    replace_atomically(lambda p: frame.to_csv(p, index=False), csv)
     return parquet, csv
 
 
@@ -825,7 +815,7 @@ def run_audit(
     payload = {k: _json_safe(v) for k, v in summary.items()} | {
         "flagged_study_uids": list(flagged), "missing_reference_uids": list(missing_reference),
         "missing_seg_uids": list(missing_seg)}
-    _replace_atomically(lambda p: p.write_text(json.dumps(payload, indent=2)), summary_json)
+    replace_atomically(lambda p: p.write_text(json.dumps(payload, indent=2)), summary_json)
 
     def reload(row: AuditInstanceRow) -> ComparedPair:
         seg, reference = pair_inputs[(str(row.seg_sop_uid), row.source_sop_uid)]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import enum
 import os
-import typing
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -20,6 +18,7 @@ from pipeline.calibration import Calibration
 from pipeline.ingest import IngestIssue, IssueKind, UsInstance
 from pipeline.seg.model_card import ModelCard
 from pipeline.seg.writer import WrittenSeg
+from pipeline.atomic import replace_atomically
 
 
 class RowStatus(str, enum.Enum):
@@ -317,16 +316,6 @@ class MetricsTables:
     studies_csv: Path
 
 
-def _replace_atomically(write: typing.Callable[[Path], None], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_tables(
     instance_rows: Sequence[InstanceMetrics], out_dir: str | os.PathLike[str], stem: str = "metrics"
 ) -> MetricsTables:
@@ -345,6 +334,6 @@ def write_tables(
         (instances, tables.instances_parquet, tables.instances_csv),
         (studies, tables.studies_parquet, tables.studies_csv),
     ):
-        _replace_atomically(lambda p, f=frame: f.to_parquet(p, index=False, engine="pyarrow"), parquet)
-        _replace_atomically(lambda p, f=frame: f.to_csv(p, index=False), csv)
+        replace_atomically(lambda p, f=frame: f.to_parquet(p, index=False, engine="pyarrow"), parquet)
+        replace_atomically(lambda p, f=frame: f.to_csv(p, index=False), csv)
     return tables

@@ -35,8 +35,9 @@ fi
 # 4. system tools for the integration tests (real PACS, DIMSE tools).
 if [ "${WITH_SYSTEM:-$( [ "$(id -u)" = 0 ] && echo 1 || echo 0)}" = 1 ]; then
   need=()
-  command -v Orthanc >/dev/null || need+=(orthanc orthanc-dicomweb)
-  command -v storescu >/dev/null || need+=(dcmtk)
+  for pkg in orthanc orthanc-dicomweb dcmtk; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

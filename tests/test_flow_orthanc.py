@@ -30,6 +30,8 @@ DAY = "2026-02-03"
 def _env(settings: PacsSettings, tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAM2RAD_")}
     for name, var in PACS_ENV.items():
+        if name == "store_outbox":  # let the flow keep it beside its run folders (tmp)
+            continue
         value = getattr(settings, name)
         if value is not None and value != "":
             env[var] = str(value).lower() if isinstance(value, bool) else str(value)

@@ -47,7 +47,7 @@ def main() -> None:
     print(f"{'run':<28}{'encoder passes':>16}{'best epoch':>12}{'s to best':>12}{'s total':>10}")
     print(f"{'with feature cache':<28}{cached.encodings:>16}{cached.best_epoch:>12}"
           f"{cached.seconds_to_best:>12.0f}{cached.seconds:>10.0f}")
-    print(f"{'without cache':<28}{10 * un_epochs:>16}{cached.best_epoch:>12}{projected:>12.0f}"
+    print(f"{'without cache':<28}{len(train) * cached.best_epoch:>16}{cached.best_epoch:>12}{projected:>12.0f}"
           f"{per_epoch_uncached * args.epochs:>10.0f}   ({label})")
     print(f"speed-up to best epoch: {projected / cached.seconds_to_best:.1f}x; best validation Dice "
           f"{cached.best_val_dice:.3f}")

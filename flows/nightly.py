@@ -181,16 +181,26 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     studies = [s for s in discover_studies(settings, start_date, end_date)
                if _in_shard(s.study_uid, shard_index, shard_count)]
     ensure_gpu_limit()
-    results = []
+    results, study_errors = [], {}
     for ref in studies:
-        results.append(segment_study(settings, sink_settings, ref, checkpoint, mode, batch_size, dry_run,
-                                     str(run_dir), ledger_file, card.fingerprint, code_version()))
+        state = segment_study(settings, sink_settings, ref, checkpoint, mode, batch_size, dry_run,
+                              str(run_dir), ledger_file, card.fingerprint, code_version(), return_state=True)
+        try:
+            result = state.result()
+        except Exception as exc:  # noqa: BLE001 - one study's trouble must not end the night
+            study_errors[ref.study_uid] = f"{type(exc).__name__}: {exc}"
+            logger.error("study %s failed: %s", ref.study_uid, study_errors[ref.study_uid])
+            continue
+        results.append(result | {"from_cache": state.name == "Cached"})
 
     rows = [InstanceMetrics(**r) for res in results for r in res["rows"]]
     tables = write_tables(rows, run_dir, "nightly") if rows else None
     summary = _summary(results, rows, drained, time.perf_counter() - start, window, run_dir, dry_run)
+    summary["study_errors"] = study_errors
     _artifacts(summary, rows)
     logger.info(summary["headline"])
+    if study_errors:  # tables and artifacts are written; the run still says it did not finish
+        raise RuntimeError(f"{len(study_errors)} of {len(studies)} studies failed: {study_errors}")
     return summary | {"tables": {k: str(v) for k, v in asdict(tables).items()} if tables else {}}
 
 
@@ -203,7 +213,7 @@ def _summary(results: list[dict], rows: list[InstanceMetrics], drained: int, sec
     seg_seconds = sum(res["seconds"] for res in results)
     stored = sum(res["stored"] for res in results)
     done_before = sum(res["already_done"] for res in results)
-    cached = sum(1 for res in results if not res["rows"] and not res["already_done"] and not res["segs"])
+    cached = sum(1 for res in results if res["from_cache"])
     headline = (f"{len(results)} studies, {len(ok)} instances segmented, {len(failed)} failed, {len(skipped)} "
                 f"skipped; {stored} SEGs stored new, {drained} from earlier outbox"
                 + (f"; nothing new to store ({done_before} instances already done)" if stored == 0 and not dry_run else "")
@@ -231,7 +241,11 @@ def _artifacts(summary: dict, rows: list[InstanceMetrics]) -> None:
         lines += ["## Failures", "", "| SOP Instance UID | code | reason |", "|---|---|---|"]
         lines += [f"| {f['sop_uid']} | {f['code']} | {str(f['reason']).replace('|', '/')[:200]} |"
                   for f in summary["failures"]]
-    lines += ["", f"Tables and SEGs: `{summary['run_dir']}`"]
+    if summary.get("study_errors"):
+        lines += ["", "## Studies that could not be processed", "", "| Study Instance UID | error |", "|---|---|"]
+        lines += [f"| {uid} | {str(err).replace('|', '/')[:200]} |" for uid, err in summary["study_errors"].items()]
+    lines += ["", f"{summary['studies_from_cache']} studies skipped from the cache (finished on an earlier night).",
+              "", f"Tables and SEGs: `{summary['run_dir']}`"]
     create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown="\n".join(lines), description="Nightly run summary")
     if rows:
         studies = [asdict(s) for s in study_metrics(rows)]

@@ -137,3 +137,30 @@ def test_window_parsing_and_bad_parameters():
         parse_window("02/01/2026", None)
     with pytest.raises(ValueError, match="ends"):
         parse_window("2026-02-01", "2026-01-01")
+
+
+def test_finished_study_is_skipped_from_cache_on_later_nights(tmp_path):
+    """Night 1 segments; night 2 finds everything done in the ledger (stores nothing); night 3 skips
+    the study from Prefect's cache (key: study UID + model fingerprint + code version)."""
+    archive = write_demo_archive(tmp_path, n_synthetic_studies=1, images_per_study=1, cine_frames=0,
+                                 size=(160, 160), include_pydicom_examples=False)
+    date = f"{archive.study_date[:4]}-{archive.study_date[4:6]}-{archive.study_date[6:]}"
+    script = f"""
+import json
+from flows.nightly import nightly
+for night in range(3):
+    s = nightly(inbox={str(archive.inbox)!r}, outbox={str(tmp_path / 'outbox')!r}, start_date={date!r},
+                output_dir={str(tmp_path / 'runs')!r})
+    print("NIGHT", json.dumps({{k: s[k] for k in ("succeeded", "stored", "already_done", "studies_from_cache")}}))
+"""
+    env = ENV | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    import json
+
+    nights = [json.loads(line.split("NIGHT ", 1)[1]) for line in out.stdout.splitlines() if line.startswith("NIGHT ")]
+    assert nights[0] == {"succeeded": 1, "stored": 1, "already_done": 0, "studies_from_cache": 0}
+    assert nights[1] == {"succeeded": 0, "stored": 0, "already_done": 1, "studies_from_cache": 0}
+    assert nights[2]["studies_from_cache"] == 1 and nights[2]["stored"] == 0
+    assert len(list((tmp_path / "outbox").rglob("*.dcm"))) == 1

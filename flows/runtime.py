@@ -8,9 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from functools import lru_cache
-from pathlib import Path
 
 GPU_LIMIT = "gpu"
 _limit_checked: set[str] = set()
@@ -62,14 +61,5 @@ def gpu_slot() -> AbstractContextManager:
     return concurrency(GPU_LIMIT, occupy=1, strict=True)
 
 
-@contextmanager
-def no_guard():
-    yield
-
-
 def default_device() -> str:
     return os.environ.get("SAM2RAD_DEVICE", "cpu")
-
-
-def resolve(path: str | os.PathLike[str] | None) -> Path | None:
-    return None if path is None else Path(path).expanduser().resolve()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import Backbone, FeaturePyramid, ImageGeometry
-from .ppn import PPNConfig, PPNOutput, PromptPredictor, build_ppn
+from .ppn import PPNConfig, PPNOutput, build_ppn
 
 Mode = Literal["auto", "semi", "manual"]
 MODES: tuple[str, ...] = ("auto", "semi", "manual")
@@ -258,7 +258,7 @@ class Sam2Rad(nn.Module):
         c = self.num_classes
         be = self.backbone
         if mode == "manual":
-            sparse_rows, dense_rows, boxes = [], [], []
+            sparse_rows, boxes = [], []
             for k in range(c):
                 p = by_class.get(k)
                 if p is None:  # manual mode segments only the classes the reader prompted

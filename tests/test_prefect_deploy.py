@@ -12,9 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path

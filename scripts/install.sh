@@ -35,7 +35,7 @@ fi
 # 4. system tools for the integration tests (real PACS, DIMSE tools).
 if [ "${WITH_SYSTEM:-$( [ "$(id -u)" = 0 ] && echo 1 || echo 0)}" = 1 ]; then
   need=()
-  for pkg in orthanc orthanc-dicomweb dcmtk; do
+  for pkg in orthanc orthanc-dicomweb dcmtk openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

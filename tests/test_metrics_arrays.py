@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from sam2rad import metrics
 
-sitk = pytest.importorskip("SimpleITK")
+import SimpleITK as sitk  # noqa: E402 - a test dependency (pyproject [test]); never skipped
 
 
 def _random_pairs(n: int, seed: int = 0):

@@ -15,7 +15,8 @@ demo: install
 	$(VENV)/bin/sam2rad demo
 
 test: install
-	OMP_NUM_THREADS=2 $(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180 \
+	  $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_model.py

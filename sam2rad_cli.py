@@ -13,6 +13,8 @@ from typing import Optional
 import typer
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The temporary server migrates its database on first start: slow on 2 cores, so wait longer.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Sam2Rad Pipeline: autonomous ultrasound bone segmentation -> DICOM-SEG -> PACS.")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The temporary server migrates its database on first start: slow on 2 cores, so wait longer.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 @dataclass

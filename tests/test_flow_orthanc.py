@@ -35,7 +35,8 @@ def _env(settings: PacsSettings, tmp: Path) -> dict[str, str]:
         value = getattr(settings, name)
         if value is not None and value != "":
             env[var] = str(value).lower() if isinstance(value, bool) else str(value)
-    env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp / "prefect"),
+    env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "PREFECT_HOME": str(tmp / "prefect"),
             "OMP_NUM_THREADS": "2"}
     return env
 

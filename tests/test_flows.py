@@ -19,7 +19,8 @@ from sam2rad.data.synthetic import generate
 REPO = Path(__file__).resolve().parents[1]
 SAM2RAD = Path(sys.executable).parent / "sam2rad"
 DCIODVFY = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
-ENV = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "2"}
+ENV = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "2"}
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

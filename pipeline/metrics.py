@@ -75,33 +75,36 @@ def mask_areas(masks: np.ndarray, calibration: Calibration) -> MaskAreas:
 
 @dataclass(frozen=True)
 class InstanceMetrics:
-    """One row per input file or instance: what happened to it and what the model found."""
+    """One row per input file or instance: what happened to it and what the model found.
+
+    Everything after `status` defaults to None: a skipped or failed row only fills what it knows.
+    """
 
     study_uid: str | None
     series_uid: str | None
     sop_uid: str | None
     path: str | None
     status: str
-    error_code: str | None
-    error: str | None
-    n_frames: int | None
-    calibration_source: str | None
-    row_spacing_mm: float | None
-    column_spacing_mm: float | None
-    mode: str | None
-    model_fingerprint: str | None
-    mask_area_mean: float | None
-    mask_area_max: float | None
-    area_unit: str | None
-    frames_with_mask: int | None
-    box_x0: float | None
-    box_y0: float | None
-    box_x1: float | None
-    box_y1: float | None
-    confidence: float | None
-    runtime_s: float | None
-    seg_sop_uid: str | None
-    seg_series_uid: str | None
+    error_code: str | None = None
+    error: str | None = None
+    n_frames: int | None = None
+    calibration_source: str | None = None
+    row_spacing_mm: float | None = None
+    column_spacing_mm: float | None = None
+    mode: str | None = None
+    model_fingerprint: str | None = None
+    mask_area_mean: float | None = None
+    mask_area_max: float | None = None
+    area_unit: str | None = None
+    frames_with_mask: int | None = None
+    box_x0: float | None = None
+    box_y0: float | None = None
+    box_x1: float | None = None
+    box_y1: float | None = None
+    confidence: float | None = None
+    runtime_s: float | None = None
+    seg_sop_uid: str | None = None
+    seg_series_uid: str | None = None
 
     def __post_init__(self) -> None:
         RowStatus(self.status)  # raises ValueError for an unknown status
@@ -165,24 +168,9 @@ class InstanceMetrics:
             status=status.value,
             error_code=issue.code.value,
             error=issue.reason,
-            n_frames=None,
-            calibration_source=None,
-            row_spacing_mm=None,
-            column_spacing_mm=None,
             mode=model_card.mode if model_card else None,
             model_fingerprint=model_card.fingerprint if model_card else None,
-            mask_area_mean=None,
-            mask_area_max=None,
-            area_unit=None,
-            frames_with_mask=None,
-            box_x0=None,
-            box_y0=None,
-            box_x1=None,
-            box_y1=None,
-            confidence=None,
             runtime_s=runtime_s,
-            seg_sop_uid=None,
-            seg_series_uid=None,
         )
 
     @classmethod
@@ -211,18 +199,7 @@ class InstanceMetrics:
             column_spacing_mm=cal.column_spacing_mm,
             mode=model_card.mode if model_card else None,
             model_fingerprint=model_card.fingerprint if model_card else None,
-            mask_area_mean=None,
-            mask_area_max=None,
-            area_unit=None,
-            frames_with_mask=None,
-            box_x0=None,
-            box_y0=None,
-            box_x1=None,
-            box_y1=None,
-            confidence=None,
             runtime_s=runtime_s,
-            seg_sop_uid=None,
-            seg_series_uid=None,
         )
 
 

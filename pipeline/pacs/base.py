@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -134,6 +134,15 @@ class Archive(StudySource, SegSink, Protocol):
 
 # -- helpers shared by the implementations -----------------------------------------------------
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def answers(check: Callable[[], object]) -> bool:
+    """Yes/no connectivity probe over an archive's `check()` (which raises with the reason)."""
+    try:
+        check()
+    except Exception:  # noqa: BLE001 - a probe only says whether the archive answers
+        return False
+    return True
 
 
 def safe_uid(uid: object, what: str = "UID") -> str:

@@ -11,6 +11,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from pipeline.pacs.base import (
+    answers,
     InstanceRef,
     PacsAccessDenied,
     PacsConfigError,
@@ -150,11 +151,7 @@ class DicomWebArchive:
         return f"DICOMweb {self.url}: ok"
 
     def echo(self) -> bool:
-        try:
-            self.check()
-        except Exception:  # noqa: BLE001 - echo is a yes/no probe
-            return False
-        return True
+        return answers(self.check)
 
     # -- query -------------------------------------------------------------------------------
     def discover(self, window: DateWindow, filters: StudyFilters | None = None) -> list[StudyRef]:

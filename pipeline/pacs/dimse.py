@@ -22,6 +22,7 @@ from pynetdicom.sop_class import (
 )
 
 from pipeline.pacs.base import (
+    answers,
     LABEL_MAP_SEGMENTATION_STORAGE,
     SEGMENTATION_STORAGE,
     InstanceRef,
@@ -197,11 +198,7 @@ class DimseArchive:
         return f"C-ECHO {self.settings.calling_aet} -> {self.settings.called_aet}@{self.address}: ok"
 
     def echo(self) -> bool:
-        try:
-            self.check()
-        except Exception:  # noqa: BLE001 - echo is a yes/no probe
-            return False
-        return True
+        return answers(self.check)
 
     # -- query -------------------------------------------------------------------------------
     def _peer_gave_up(self, started: float) -> bool:

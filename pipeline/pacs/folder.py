@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from pipeline.pacs.base import (
+    answers,
     InstanceRef,
     PacsConfigError,
     PacsOperationError,
@@ -167,11 +168,7 @@ class FolderArchive:
         return f"folder archive: inbox {inbox}, outbox {outbox}"
 
     def echo(self) -> bool:
-        try:
-            self.check()
-        except Exception:  # noqa: BLE001 - echo is a yes/no probe
-            return False
-        return True
+        return answers(self.check)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

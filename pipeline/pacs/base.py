@@ -6,9 +6,7 @@ connectivity check. Errors are `PacsError`s that say what went wrong, where, and
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Callable, Protocol, runtime_checkable
 import pydicom
 from pydicom.dataset import Dataset
 
+from pipeline.atomic import write_file_atomically
 from pipeline.studies import DateWindow, FetchedStudy, StudyRef
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -161,22 +160,7 @@ def load_dataset(item: Dataset | Path | str) -> Dataset:
 
 def write_atomically(data: bytes | Dataset, path: Path) -> Path:
     """Write next to the target, fsync, rename: a crash leaves the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if isinstance(data, Dataset):
-                data.save_as(fh, enforce_file_format=True)
-            else:
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_file_atomically(data, path)
 
 
 def instance_path(root: Path, study_uid: str, sop_uid: str) -> Path:

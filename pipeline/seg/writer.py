@@ -5,7 +5,6 @@ import copy
 import enum
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from pydicom.valuerep import DA, TM
 
+from pipeline.atomic import write_file_atomically
 from pipeline.calibration import Calibration
 from pipeline.decode import suppress_dicom_warnings
 from pipeline.ingest import UsInstance
@@ -138,17 +138,7 @@ def source_view(source: UsInstance) -> Dataset:
 
 def atomic_save(dataset: Dataset, path: Path) -> None:
     """Write next to the target and rename: readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(tmp, "wb") as fh:
-            dataset.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomically(dataset, path)
 
 
 def remove_partial_files(out_dir: str | os.PathLike[str]) -> int:

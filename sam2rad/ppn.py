@@ -157,11 +157,21 @@ class PromptPredictor(nn.Module):
             self._pe_cache[key] = sine_position_2d(h, w, self.dim, device)
         return self._pe_cache[key]
 
-    def _level_tokens(self, index: int, level: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def pool_level(self, level: torch.Tensor) -> torch.Tensor:
+        """Average-pool a level to at most max_level_side a side (a no-op on a pooled level)."""
         side = self.cfg.max_level_side
-        if max(level.shape[-2:]) > side:
-            level = F.adaptive_avg_pool2d(level, (min(side, level.shape[-2]), min(side, level.shape[-1])))
-        x = self.lateral[index](level)
+        if max(level.shape[-2:]) <= side:
+            return level
+        return F.adaptive_avg_pool2d(level, (min(side, level.shape[-2]), min(side, level.shape[-1])))
+
+    def pool_levels(self, features: FeaturePyramid) -> FeaturePyramid:
+        """The parameter-free part of reading the pyramid, done once: a training cache stores its
+        result, which is smaller and saves the pooling on every step (forward then skips it)."""
+        return FeaturePyramid(features.image_embedding, [self.pool_level(lvl) for lvl in features.levels],
+                              features.high_res)
+
+    def _level_tokens(self, index: int, level: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.lateral[index](self.pool_level(level))
         return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
 
     def forward(self, features: FeaturePyramid) -> PPNOutput:

@@ -127,7 +127,9 @@ class FeatureCache:
 
     def key(self, image: np.ndarray, tag: str) -> str:
         h = hashlib.sha256(np.ascontiguousarray(image).tobytes())
-        h.update(f"{image.shape}|{tag}|{self.model.backbone.fingerprint}".encode())
+        # Levels are stored pooled (PromptPredictor.pool_levels), so the pooled side is part of the key.
+        pooled = self.model.ppn.cfg.max_level_side
+        h.update(f"{image.shape}|{tag}|{self.model.backbone.fingerprint}|pool{pooled}".encode())
         return h.hexdigest()[:32]
 
     @torch.no_grad()
@@ -145,7 +147,7 @@ class FeatureCache:
             return _pyramid_from_dict(load_file(str(self.folder / f"{k}.safetensors"))), geom
         self.misses += 1
         pixels, _ = bb.preprocess([image])
-        feats = bb.encode(pixels).detach_to("cpu")
+        feats = self.model.ppn.pool_levels(bb.encode(pixels)).detach_to("cpu")
         if self.kind == "memory":
             self.memory[k] = feats
         elif self.kind == "disk" and self.folder:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sam2rad.backbones import build_backbone
+from sam2rad.backbones.litemedsam import LiteMedSAMBackbone
 from sam2rad.backbones.weights import WeightsError, load_state_dict
 from sam2rad.losses import make_targets, mask_to_model_space, sam2rad_loss
 from sam2rad.model import Prompts, Sam2Rad, build_sam2rad, validate_image
@@ -31,12 +32,25 @@ def sam2_tiny() -> Sam2Rad:
 
 # --- LiteMedSAM: real weights -------------------------------------------------------------------
 def test_litemedsam_loads_every_tensor_strictly(lite):
-    bb = lite.backbone
-    assert bb.n_loaded_tensors == 435
-    assert bb.fingerprint == "litemedsam:79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
-    state = bb.state_dict()
+    assert lite.backbone.n_loaded_tensors == 435
+    assert lite.backbone.fingerprint == \
+        "litemedsam:79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+    unfused = LiteMedSAMBackbone(fuse=False)
+    state = unfused.state_dict()
     n_params_and_stats = sum(1 for k in state if not k.endswith("bias_idx"))
     assert n_params_and_stats == 435  # nothing in the model is left at its random initialisation
+
+
+def test_fused_encoder_matches_unfused(lite):
+    """Batch norm folded into the convolutions (and channels-last) changes outputs only by rounding."""
+    unfused = LiteMedSAMBackbone(fuse=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in lite.backbone.image_encoder.modules())
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = lite.backbone.encode(x), unfused.encode(x)
+    for fa, fb in zip([a.image_embedding, *a.levels], [b.image_embedding, *b.levels]):
+        assert fa.is_contiguous() and fa.shape == fb.shape
+        assert (fa - fb).abs().max() < 1e-4 * max(1.0, float(fb.abs().max()))
 
 
 def test_litemedsam_matches_recorded_reference(lite):

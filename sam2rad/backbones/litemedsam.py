@@ -47,7 +47,7 @@ class LiteMedSAMBackbone(Backbone):
     pixel_std = (1.0, 1.0, 1.0)
 
     def __init__(self, checkpoint: str | Path | None = None, *, pretrained: bool = True,
-                 expected_sha256: str | None = None, seed: int = 0):
+                 expected_sha256: str | None = None, seed: int = 0, fuse: bool = True):
         super().__init__()
         self.image_encoder = TinyViT(TinyViTConfig())
         emb = self.input_size // 4
@@ -70,6 +70,9 @@ class LiteMedSAMBackbone(Backbone):
         else:
             torch.manual_seed(seed)
             self._fingerprint = f"{self.name}:random-seed{seed}"
+        if fuse:
+            # After loading: the checkpoint's names are those of the unfused modules.
+            self.image_encoder.fuse_for_inference()
         self.freeze()
 
     def load_weights(self, checkpoint: str | Path, expected_sha256: str | None) -> None:

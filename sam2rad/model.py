@@ -164,14 +164,35 @@ class Sam2Rad(nn.Module):
         dense = pe._embed_masks(mask_in)
         return sparse, dense, box_px
 
-    def forward(self, features: FeaturePyramid, boxes_px: torch.Tensor | None = None
+    def forward(self, features: FeaturePyramid, boxes_px: torch.Tensor | None = None,
+                clicks: tuple[torch.Tensor, torch.Tensor] | None = None,
                 ) -> tuple[PPNOutput, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Training/auto path: returns (ppn_out, low_res_logits (N,1,4h,4w), iou (N,), object_logit)."""
+        """Training/auto path: returns (ppn_out, low_res_logits (N,1,4h,4w), iou (N,), object_logit).
+
+        clicks: (coords (N, 1, 2) in model pixels, labels (N, 1)); rows labelled -1 have no click.
+        Clicked rows are decoded as semi mode decodes them: [point, box, extra tokens].
+        """
         ppn_out = self.ppn(features)
         sparse, dense, _ = self.prompts_from_ppn(ppn_out, boxes_px)
         rows = self._class_rows(features.batch_size)
-        dec = self.backbone.decode(features.select(rows) if self.num_classes > 1 else features, sparse, dense)
-        return ppn_out, dec.low_res_logits, dec.iou, dec.object_logit
+        feats = features.select(rows) if self.num_classes > 1 else features
+        clicked = None if clicks is None else clicks[1][:, 0] >= 0
+        if clicked is None or not clicked.any():
+            dec = self.backbone.decode(feats, sparse, dense)
+            return ppn_out, dec.low_res_logits, dec.iou, dec.object_logit
+        # Clicked rows carry one more sparse token, so the two groups are decoded separately.
+        coords, labels = clicks
+        idx_click, idx_plain = clicked.nonzero()[:, 0], (~clicked).nonzero()[:, 0]
+        points = self.backbone.prompt_encoder._embed_points(coords[idx_click], labels[idx_click], pad=False)
+        groups = [(idx_click, torch.cat([points, sparse[idx_click]], dim=1))]
+        if len(idx_plain):
+            groups.append((idx_plain, sparse[idx_plain]))
+        outs = [self.backbone.decode(feats.select(idx), s, dense[idx]) for idx, s in groups]
+        back = torch.argsort(torch.cat([idx for idx, _ in groups]))  # grouped order -> row order
+        logits = torch.cat([o.low_res_logits for o in outs])[back]
+        iou = torch.cat([o.iou for o in outs])[back]
+        obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])[back]
+        return ppn_out, logits, iou, obj
 
     def _class_rows(self, batch: int) -> torch.Tensor:
         return torch.arange(batch, device=self.device).repeat_interleave(self.num_classes)

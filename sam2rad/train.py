@@ -6,8 +6,9 @@ fingerprint). That is what makes 10-shot training practical on a CPU: epochs the
 and the frozen decoder.
 
 Prompt mix per training row: mostly learned prompts only (auto mode); some with the ground-truth
-box in place of the predicted one (semi mode with a reader's box). Manual mode needs no training:
-with the decoder frozen it is exactly the backbone.
+box in place of the predicted one (semi mode with a reader's box); some with one simulated click
+added (semi mode with a reader's click). Manual mode needs no training: with the decoder frozen it
+is exactly the backbone.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class TrainConfig:
     augment_copies: int = 4  # encoded versions of each training image (copy 0 is the original)
     gt_box_fraction: float = 0.25  # rows trained with the ground-truth box (semi mode)
     box_jitter_px: float = 3.0
+    click_fraction: float = 0.25  # rows trained with one simulated reader click (semi mode)
     val_every: int = 10
     seed: int = 0
     cache: str = "memory"  # "memory", "disk" or "none" (re-encode every epoch; for benchmarks)
@@ -74,6 +76,9 @@ class TrainConfig:
             raise ValueError(f"cache must be memory, disk or none, got {self.cache!r}")
         if self.cache == "disk" and not self.cache_dir:
             raise ValueError("cache='disk' needs cache_dir")
+        for name in ("gt_box_fraction", "click_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.epochs < 1 or self.batch_size < 1 or self.augment_copies < 1 or self.val_every < 1:
             raise ValueError("epochs, batch_size, augment_copies and val_every must be >= 1")
         if len(self.class_names) != self.ppn.num_classes:
@@ -182,6 +187,27 @@ def cat_pyramids(items: Sequence[FeaturePyramid], device: torch.device | str = "
     )
 
 
+def training_click(mask: np.ndarray, rng: np.random.Generator, negative_fraction: float = 0.3
+                   ) -> tuple[np.ndarray, int] | None:
+    """A reader-like click for a training row, from its ground truth: usually a foreground click on
+    the structure, sometimes a background click just beside it (inside its box grown by a quarter).
+    Returns ((x, y) in mask pixels, label) or None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    if rng.random() < negative_fraction:
+        h, w = mask.shape
+        gy, gx = max(2, (ys.max() - ys.min()) // 4), max(2, (xs.max() - xs.min()) // 4)
+        y0, y1 = max(0, ys.min() - gy), min(h, ys.max() + gy + 1)
+        x0, x1 = max(0, xs.min() - gx), min(w, xs.max() + gx + 1)
+        by, bx = np.nonzero(~mask[y0:y1, x0:x1])
+        if len(bx):
+            i = rng.integers(len(bx))
+            return np.array([bx[i] + x0, by[i] + y0], np.float32), 0
+    i = rng.integers(len(xs))
+    return np.array([xs[i], ys[i]], np.float32), 1
+
+
 def class_masks(sample: Sample, num_classes: int) -> np.ndarray:
     """(C, H, W) bool: label k+1 is class k; a binary mask is class 0."""
     m = np.asarray(sample.mask)
@@ -201,6 +227,7 @@ class TrainResult:
     seconds_to_best: float
     encodings: int
     cache_hits: int
+    seconds_encoding: float = 0.0  # the up-front encoding of every cached (image, augmentation)
 
 
 class Trainer:
@@ -240,19 +267,32 @@ class Trainer:
         return [self._example(s, i, c, seed, tag) for i, s in enumerate(samples) for c in range(copies)]
 
     def _batch(self, batch: list[CachedExample], rng: np.random.Generator
-               ) -> tuple[FeaturePyramid, Targets, torch.Tensor | None]:
+               ) -> tuple[FeaturePyramid, Targets, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
         feats = cat_pyramids([e.features for e in batch], self.device)
-        targets = make_targets([m for e in batch for m in e.target])  # rows image-major, class-minor
+        masks = [m for e in batch for m in e.target]  # rows image-major, class-minor
+        targets = make_targets(masks)
         boxes = None
         n = len(targets.present)
+        size = self.model.backbone.input_size
         use_gt = rng.random(n) < self.cfg.gt_box_fraction
         if use_gt.any():
-            size = self.model.backbone.input_size
             gt = targets.boxes_px(size).clone()
             gt += torch.as_tensor(rng.normal(0, self.cfg.box_jitter_px, gt.shape), dtype=torch.float32)
             gt[~torch.as_tensor(use_gt)] = float("nan")
             boxes = gt.to(self.device)
-        return feats, targets, boxes
+        clicks = None
+        use_click = rng.random(n) < self.cfg.click_fraction
+        if use_click.any():
+            coords = np.zeros((n, 1, 2), np.float32)
+            labels = np.full((n, 1), -1, np.int64)
+            for row in np.nonzero(use_click)[0]:
+                click = training_click(masks[row], rng)
+                if click is not None:
+                    # Pixel indices, like a reader's click (the prompt encoder adds the half pixel).
+                    coords[row, 0] = click[0] * size / masks[row].shape[-1]
+                    labels[row, 0] = click[1]
+            clicks = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labels, device=self.device))
+        return feats, targets, boxes, clicks
 
     @torch.no_grad()
     def validate(self, examples: list[CachedExample]) -> float:
@@ -277,6 +317,7 @@ class Trainer:
         # Without the cache (benchmark baseline) every step re-encodes the image it draws.
         train_ex = self._examples(train, copies, cfg.seed, "train") if cfg.cache != "none" else []
         val_ex = self._examples(val, 1, cfg.seed, "val") if val else []
+        seconds_encoding = time.perf_counter() - start
         params = self.model.trainable_parameters()
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # One pass over the original images per epoch; each uses one of its cached augmented copies.
@@ -300,8 +341,8 @@ class Trainer:
                     batch = [self._example(train[i], i, c, cfg.seed, "train") for i, c in picks]
                 else:
                     batch = [train_ex[i * copies + c] for i, c in picks]
-                feats, targets, boxes = self._batch(batch, rng)
-                ppn_out, logits, _, obj = self.model(feats, boxes)
+                feats, targets, boxes, clicks = self._batch(batch, rng)
+                ppn_out, logits, _, obj = self.model(feats, boxes, clicks)
                 loss, parts = sam2rad_loss(logits, ppn_out.box_norm, ppn_out.mask_logits, obj, targets, cfg.loss)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -324,7 +365,8 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.model.eval()
         return TrainResult(self.model, best[0], best[1], history, elapsed,
-                           best[3] if best[2] is not None else elapsed, self.cache.misses, self.cache.hits)
+                           best[3] if best[2] is not None else elapsed, self.cache.misses, self.cache.hits,
+                           seconds_encoding)
 
 
 def _progress(it, enabled: bool, desc: str):

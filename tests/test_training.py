@@ -12,7 +12,7 @@ from sam2rad.checkpoint import CheckpointError, load_checkpoint, read_card, save
 from sam2rad.data.specs import load_spec
 from sam2rad.evaluate import evaluate_model, simulated_click, summarise
 from sam2rad.model import build_sam2rad
-from sam2rad.train import TrainConfig, Trainer
+from sam2rad.train import TrainConfig, Trainer, cat_pyramids, training_click
 
 torch.set_num_threads(2)
 
@@ -126,3 +126,43 @@ def test_evaluate_demo_checkpoint_beats_box_baseline():
     assert set(summary) == {"auto", "manual_gt_box", "semi_click"}
     assert summary["auto"]["unit"] == "mm"
     assert summary["auto"]["dice_mean"] >= summary["manual_gt_box"]["dice_mean"]
+
+
+def test_training_click_lands_on_or_beside_the_structure():
+    mask = np.zeros((64, 64), bool)
+    mask[30:34, 10:50] = True
+    rng = np.random.default_rng(0)
+    labels = []
+    for _ in range(200):
+        (x, y), label = training_click(mask, rng)
+        labels.append(label)
+        assert mask[int(y), int(x)] == bool(label)
+        if label == 0:  # a background click stays near the structure, inside its grown box
+            assert 20 <= y <= 44 and 0 <= x <= 60
+    assert 0.15 < 1 - np.mean(labels) < 0.45  # about 30% background clicks
+    assert training_click(np.zeros((8, 8), bool), rng) is None
+
+
+def test_forward_with_clicks_decodes_clicked_rows_like_semi_mode(trained):
+    """Rows without a click are decoded as before; a clicked row gets the point token in front of its
+    box and extra tokens, which is what semi mode feeds the decoder."""
+    trainer, _, _ = trained
+    model = trainer.model.eval()
+    examples = trainer._examples(load_spec("synthetic:3:5")[0], 1, 0, "clicks")
+    feats = cat_pyramids([e.features for e in examples])
+    coords = torch.tensor([[[100.0, 120.0]], [[0.0, 0.0]], [[40.0, 60.0]]])
+    labels = torch.tensor([[1], [-1], [0]])
+    with torch.no_grad():
+        _, plain, _, _ = model(feats)
+        ppn_out, clicked, _, _ = model(feats, clicks=(coords, labels))
+        sparse, dense, _ = model.prompts_from_ppn(ppn_out)
+        point = model.backbone.prompt_encoder._embed_points(coords[:1], labels[:1], pad=False)
+        expected = model.backbone.decode(feats.select([0]), torch.cat([point, sparse[:1]], 1), dense[:1])
+    assert torch.allclose(clicked[1], plain[1], atol=1e-4)
+    assert torch.allclose(clicked[0], expected.low_res_logits[0], atol=1e-4)
+    assert (clicked[0] - plain[0]).abs().max() > 1e-2 and (clicked[2] - plain[2]).abs().max() > 1e-2
+
+
+def test_click_fraction_must_be_a_fraction():
+    with pytest.raises(ValueError, match="click_fraction"):
+        TrainConfig(click_fraction=1.5).validate()

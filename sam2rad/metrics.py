@@ -98,26 +98,26 @@ def _empty_case(a: np.ndarray, b: np.ndarray) -> float | None:
     return float("nan") if not (has_a or has_b) else float("inf")
 
 
-def hd95(a: np.ndarray, b: np.ndarray, spacing: Spacing = None) -> float:
-    """95th percentile of the symmetric surface distances (units of `spacing`, else pixels)."""
+def _symmetric_surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing) -> np.ndarray | float:
+    """Both directed surface-distance sets, joined; or the NaN/inf answer when a mask is empty."""
     a, b = _as_pair(a, b)
     _sampling(spacing, a.ndim)
     empty = _empty_case(a, b)
     if empty is not None:
         return empty
-    d_ab, d_ba = surface_distances(a, b, spacing)
-    return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
+    return np.concatenate(surface_distances(a, b, spacing))
+
+
+def hd95(a: np.ndarray, b: np.ndarray, spacing: Spacing = None) -> float:
+    """95th percentile of the symmetric surface distances (units of `spacing`, else pixels)."""
+    d = _symmetric_surface_distances(a, b, spacing)
+    return d if isinstance(d, float) else float(np.percentile(d, 95))
 
 
 def assd(a: np.ndarray, b: np.ndarray, spacing: Spacing = None) -> float:
     """Average symmetric surface distance: mean over both directed surface-distance sets."""
-    a, b = _as_pair(a, b)
-    _sampling(spacing, a.ndim)
-    empty = _empty_case(a, b)
-    if empty is not None:
-        return empty
-    d_ab, d_ba = surface_distances(a, b, spacing)
-    return float(np.concatenate([d_ab, d_ba]).mean())
+    d = _symmetric_surface_distances(a, b, spacing)
+    return d if isinstance(d, float) else float(d.mean())
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray, spacing: Spacing = None) -> float:

@@ -1,9 +1,11 @@
 """10-shot PPN training on 2 CPU threads: with vs without the frozen-encoder feature cache, then
 held-out Dice/HD95 for auto, manual with the ground-truth box (zero-shot baseline), semi + one click.
 
-Both runs draw the same (image, augmentation) per step; without the cache every step re-encodes.
-The uncached run is measured for --uncached-epochs epochs and its time to the cached run's best
-epoch is projected from that per-epoch cost (pass --uncached-epochs 0 to run it fully).
+Both runs draw the same (image, augmentation) per step and validate on the same images every
+--val-every epochs; without the cache every step re-encodes its images, and so does every validation
+(finding the best epoch needs validation, and only a cache spares its re-encoding). The uncached run
+is measured for --uncached-epochs epochs (a whole number of validation cycles) and its time to the
+cached run's best epoch is projected from that per-epoch cost (--uncached-epochs 0 runs it fully).
 Usage: .venv/bin/python benchmarks/bench_training.py [--epochs 200] [--threads 2] [--device cpu]
 """
 from __future__ import annotations
@@ -21,7 +23,9 @@ from sam2rad.train import TrainConfig, Trainer
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=200)
-    ap.add_argument("--uncached-epochs", type=int, default=4, help="0 = run the uncached baseline fully")
+    ap.add_argument("--uncached-epochs", type=int, default=10,
+                    help="epochs of the uncached baseline to measure (0 = run it fully)")
+    ap.add_argument("--val-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test", default="synthetic:50:7")
@@ -35,16 +39,18 @@ def main() -> None:
     val, _ = load_spec(args.val)
     test, test_name = load_spec(args.test)
     base = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, augment_copies=args.augment_copies,
-                val_every=10, seed=0)
+                val_every=args.val_every, seed=0)
 
     cached = Trainer(TrainConfig(**base), device=args.device).fit(train, val, progress=False)
     un_epochs = args.uncached_epochs or args.epochs
+    if un_epochs % args.val_every and un_epochs != args.epochs:
+        ap.error("--uncached-epochs must be a multiple of --val-every, so validation's share is measured")
     t0 = time.perf_counter()
-    Trainer(TrainConfig(**{**base, "epochs": un_epochs, "cache": "none", "val_every": 10**6}),
-                       device=args.device).fit(train, [], progress=False)
-    per_epoch_uncached = (time.perf_counter() - t0) / un_epochs
-    # Validation costs the same in both runs and is left out of the projection (it favours the baseline).
+    uncached = Trainer(TrainConfig(**{**base, "epochs": un_epochs, "cache": "none"}),
+                       device=args.device).fit(train, val, progress=False)
+    per_epoch_uncached = (time.perf_counter() - t0) / un_epochs  # validation's share included
     projected = per_epoch_uncached * cached.best_epoch
+    uncached_passes = round(uncached.encodings / un_epochs * cached.best_epoch)
     label = "measured" if not args.uncached_epochs else f"projected from {un_epochs} measured epochs"
 
     rows = evaluate_model(cached.model, test)
@@ -52,7 +58,7 @@ def main() -> None:
     print(f"{'run':<28}{'encoder passes':>16}{'best epoch':>12}{'s to best':>12}{'s total':>10}")
     print(f"{'with feature cache':<28}{cached.encodings:>16}{cached.best_epoch:>12}"
           f"{cached.seconds_to_best:>12.0f}{cached.seconds:>10.0f}")
-    print(f"{'without cache':<28}{len(train) * cached.best_epoch:>16}{cached.best_epoch:>12}{projected:>12.0f}"
+    print(f"{'without cache':<28}{uncached_passes:>16}{cached.best_epoch:>12}{projected:>12.0f}"
           f"{per_epoch_uncached * args.epochs:>10.0f}   ({label})")
     print(f"speed-up to best epoch: {projected / cached.seconds_to_best:.1f}x; best validation Dice "
           f"{cached.best_val_dice:.3f}")

@@ -315,8 +315,10 @@ class Trainer:
         copies = cfg.augment_copies
         rng = np.random.default_rng(cfg.seed)
         # Without the cache (benchmark baseline) every step re-encodes the image it draws.
-        train_ex = self._examples(train, copies, cfg.seed, "train") if cfg.cache != "none" else []
-        val_ex = self._examples(val, 1, cfg.seed, "val") if val else []
+        uncached = cfg.cache == "none"
+        train_ex = [] if uncached else self._examples(train, copies, cfg.seed, "train")
+        # Without the cache validation re-encodes its images too, as a cache-less trainer must.
+        val_ex = [] if uncached or not val else self._examples(val, 1, cfg.seed, "val")
         seconds_encoding = time.perf_counter() - start
         params = self.model.trainable_parameters()
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -351,8 +353,8 @@ class Trainer:
                 sched.step()
                 losses.append(float(loss.detach()))
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0]}
-            if val_ex and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-                row["val_dice"] = self.validate(val_ex)
+            if val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                row["val_dice"] = self.validate(self._examples(val, 1, cfg.seed, "val") if uncached else val_ex)
                 if row["val_dice"] > best[0]:
                     state = {k: v.detach().clone() for k, v in self.model.ppn.state_dict().items()}
                     best = (row["val_dice"], epoch, state, time.perf_counter() - start)

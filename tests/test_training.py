@@ -49,6 +49,14 @@ def test_feature_cache_encodes_each_image_once(trained):
     assert result.encodings == 10
 
 
+def test_without_cache_every_step_and_validation_re_encodes(ten_images):
+    # The benchmark's baseline: 2 epochs x 2 training images + 2 validations x 1 image.
+    cfg = TrainConfig(epochs=2, batch_size=2, augment_copies=1, val_every=1, cache="none")
+    result = Trainer(cfg).fit(ten_images[:2], ten_images[2:3], progress=False)
+    assert result.encodings == 6 and result.cache_hits == 0
+    assert [h["epoch"] for h in result.history if "val_dice" in h] == [1, 2]
+
+
 def test_disk_cache_round_trip(tmp_path, ten_images):
     model = build_sam2rad("litemedsam")
     cfg = TrainConfig(epochs=1, batch_size=2, augment_copies=1, cache="disk", cache_dir=str(tmp_path / "cache"))

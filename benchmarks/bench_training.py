@@ -6,7 +6,7 @@ Both runs draw the same (image, augmentation) per step and validate on the same 
 (finding the best epoch needs validation, and only a cache spares its re-encoding). The uncached run
 is measured for --uncached-epochs epochs (a whole number of validation cycles) and its time to the
 cached run's best epoch is projected from that per-epoch cost (--uncached-epochs 0 runs it fully).
-Usage: .venv/bin/python benchmarks/bench_training.py [--epochs 200] [--threads 2] [--device cpu]
+Usage: .venv/bin/python benchmarks/bench_training.py [--epochs 100] [--threads 2] [--device cpu]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from sam2rad.train import TrainConfig, Trainer
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--uncached-epochs", type=int, default=10,
                     help="epochs of the uncached baseline to measure (0 = run it fully)")
     ap.add_argument("--val-every", type=int, default=10)

@@ -14,10 +14,13 @@ from .backbones.base import ImageGeometry
 @dataclass(frozen=True)
 class LossWeights:
     dice: float = 1.0
-    focal: float = 20.0  # SAM's own 20:1 focal:dice balance
+    # SAM trained whole objects with focal:dice 20:1. A bone surface covers ~1-2% of the pixels, and
+    # that much focal drives every logit negative early, where Dice's gradient vanishes: 10-shot
+    # runs of 100 epochs reached 0.41-0.49 validation Dice with 20 and 0.58 with 5 (or 2).
+    focal: float = 5.0
     giou: float = 1.0
     l1: float = 5.0
-    interim_focal: float = 10.0
+    interim_focal: float = 2.5
     # Dice on the interim mask too: focal alone lets a thin-structure head settle on all-background.
     interim_dice: float = 1.0
     object_bce: float = 1.0

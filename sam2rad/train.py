@@ -358,9 +358,10 @@ class Trainer:
                 if row["val_dice"] > best[0]:
                     state = {k: v.detach().clone() for k, v in self.model.ppn.state_dict().items()}
                     best = (row["val_dice"], epoch, state, time.perf_counter() - start)
+            row["seconds"] = time.perf_counter() - start  # since fit began (benchmarks project from it)
             history.append(row)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+                bar.set_postfix({k: round(v, 4) for k, v in row.items() if k not in ("epoch", "seconds")})
             self.log(json.dumps(row))
         if best[2] is not None:
             self.model.ppn.load_state_dict(best[2])

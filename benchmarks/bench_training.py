@@ -30,10 +30,11 @@ def project_uncached(history: list[dict], best_epoch: int, val_every: int) -> tu
     with_val = [d for h, d in steps if "val_dice" in h]
     per_epoch = float(np.mean(plain)) if plain else float(np.mean(with_val))
     val_extra = float(np.mean(with_val)) - per_epoch if with_val else 0.0
+    rate = per_epoch + val_extra / val_every  # an average epoch, validation's share included
+    if best_epoch <= len(history):  # the baseline ran that far: no projection needed
+        return t[best_epoch - 1], rate
     n_vals = best_epoch // val_every + (1 if best_epoch % val_every else 0) - (1 if "val_dice" in history[0] else 0)
-    if best_epoch <= len(history):
-        return t[best_epoch - 1], per_epoch + val_extra / val_every
-    return t[0] + per_epoch * (best_epoch - 1) + val_extra * n_vals, per_epoch + val_extra / val_every
+    return t[0] + per_epoch * (best_epoch - 1) + val_extra * n_vals, rate
 
 
 def main() -> None:

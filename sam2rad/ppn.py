@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import Backbone, FeaturePyramid
+from .backbones.token_decoder import nchw_to_tokens, project_to_masks, run_stack_on_tokens
 from .backbones.tinyvit import LayerNorm2d
 
 
@@ -198,14 +199,17 @@ class PromptPredictor(nn.Module):
 
         # Mask prompt: the frozen embedding plus the PPN-updated coarse tokens, upsampled 4x, dotted
         # with a class vector made from the queries (a hypernetwork, as SAM's own decoder does).
+        # The head runs in channels-last token layout (see backbones.token_decoder: same weights, same
+        # result, no layout changes on the large upsampled tensors).
         emb = feats.image_embedding
         coarse, (ch, cw) = tokens[0]
-        update = coarse.transpose(1, 2).reshape(n, self.dim, ch, cw)
+        update = coarse.reshape(n, ch, cw, self.dim)
         if (ch, cw) != tuple(emb.shape[-2:]):
-            update = F.interpolate(update, size=emb.shape[-2:], mode="bilinear", align_corners=False)
-        pixel = self.mask_features(emb + update)  # (N, mc, 4h, 4w)
+            update = F.interpolate(update.permute(0, 3, 1, 2), size=emb.shape[-2:], mode="bilinear",
+                                   align_corners=False).permute(0, 2, 3, 1)
+        pixel, ups = run_stack_on_tokens(self.mask_features, nchw_to_tokens(emb) + update)
         weights = self.mask_hyper(queries.mean(dim=1))  # (N, mc)
-        mask_logits = torch.einsum("nc,nchw->nhw", weights, pixel).unsqueeze(1) + self.mask_bias
+        mask_logits = project_to_masks(pixel, ups, weights[:, None]) + self.mask_bias
         return PPNOutput(box_norm=box_norm, mask_logits=mask_logits, extra_tokens=queries[:, 2:])
 
 

@@ -16,6 +16,7 @@ from sam2.modeling.sam.transformer import TwoWayTransformer
 
 from .base import Backbone, DecoderOutput, FeaturePyramid
 from .tinyvit import TinyViT, TinyViTConfig
+from .token_decoder import decode_single_mask, single_mask_decoder_supported
 from .weights import WeightsError, load_state_dict, rename_sam1_mlp_keys, take_prefix
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -70,6 +71,8 @@ class LiteMedSAMBackbone(Backbone):
         else:
             torch.manual_seed(seed)
             self._fingerprint = f"{self.name}:random-seed{seed}"
+        # Same result as the module's forward, about twice as fast forward+backward on a CPU.
+        self._single_mask_path = single_mask_decoder_supported(self.mask_decoder)
         if fuse:
             # After loading: the checkpoint's names are those of the unfused modules.
             self.image_encoder.fuse_for_inference()
@@ -96,6 +99,10 @@ class LiteMedSAMBackbone(Backbone):
 
     def decode(self, features: FeaturePyramid, sparse: torch.Tensor, dense: torch.Tensor,
                multimask: bool = False) -> DecoderOutput:
+        if not multimask and self._single_mask_path:
+            masks, iou, _ = decode_single_mask(self.mask_decoder, features.image_embedding, self.dense_pe(),
+                                               sparse, dense)
+            return DecoderOutput(masks, iou, None)
         masks, iou, _, _ = self.mask_decoder(
             image_embeddings=features.image_embedding, image_pe=self.dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,

@@ -1,6 +1,7 @@
 """Images per second of the bare encoder vs Sam2Rad `auto` and `manual` predict, side by side.
 
 Target: auto / bare encoder >= 0.85 (the PPN and decoder must cost little beside the encoder).
+The three are timed in interleaved rounds and compared by their median times.
 Usage: .venv/bin/python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--device cpu]
 """
 from __future__ import annotations
@@ -16,20 +17,31 @@ from sam2rad.model import Prompts, build_sam2rad
 CASES = [("litemedsam", 256, True), ("sam2.1_hiera_t", 512, False)]
 
 
-def rate(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, lazy init)
+def _timed(fn) -> float:
     start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
+    fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return repeats / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def interleaved_rates(fns, repeats: int) -> list[float]:
+    """Images per second of each function, from the median of `repeats` rounds that call every
+    function once in turn: a shared machine's speed drifts by 10 % or more within a minute, and
+    timing the functions one after the other would put that drift into their ratio."""
+    for fn in fns:
+        fn()  # warm-up (allocations, lazy init)
+    seconds = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            seconds[i].append(_timed(fn))
+    return [1.0 / float(np.median(s)) for s in seconds]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=12)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,7 +65,7 @@ def main() -> None:
             model.clear_cache()
             model.predict(image, "manual", box)
 
-        r_bare, r_auto, r_manual = (rate(f, args.repeats) for f in (bare, auto, manual))
+        r_bare, r_auto, r_manual = interleaved_rates([bare, auto, manual], args.repeats)
         rows.append((f"{name}@{size}", r_bare, r_auto, r_manual, r_auto / r_bare))
     print(f"\nthreads={args.threads} device={args.device} repeats={args.repeats}")
     print(f"{'backbone':<22}{'encoder img/s':>15}{'auto img/s':>12}{'manual img/s':>14}{'auto/encoder':>14}")

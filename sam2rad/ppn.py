@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import Backbone, FeaturePyramid
-from .backbones.token_decoder import nchw_to_tokens, project_to_masks, run_stack_on_tokens
+from .backbones.token_decoder import multi_head_attention, nchw_to_tokens, stack_to_masks
 from .backbones.tinyvit import LayerNorm2d
 
 
@@ -85,13 +85,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(inner, dim)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        def split(t: torch.Tensor) -> torch.Tensor:
-            b, n, c = t.shape
-            return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(self.q(q)), split(self.k(k)), split(self.v(v)))
-        b, _, n, _ = out.shape
-        return self.out(out.transpose(1, 2).reshape(b, n, -1))
+        return self.out(multi_head_attention(self.q(q), self.k(k), self.v(v), self.heads))
 
 
 class TwoWayBlock(nn.Module):
@@ -172,8 +166,10 @@ class PromptPredictor(nn.Module):
                               features.high_res)
 
     def _level_tokens(self, index: int, level: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.lateral[index](self.pool_level(level))
-        return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
+        x = self.pool_level(level)
+        conv = self.lateral[index]  # a 1x1 convolution, run as a linear map on tokens (contiguous output)
+        tokens = F.linear(nchw_to_tokens(x).flatten(1, 2), conv.weight[:, :, 0, 0], conv.bias)
+        return tokens, (x.shape[-2], x.shape[-1])
 
     def forward(self, features: FeaturePyramid) -> PPNOutput:
         """Queries of every class for every image; features has one row per image."""
@@ -207,9 +203,9 @@ class PromptPredictor(nn.Module):
         if (ch, cw) != tuple(emb.shape[-2:]):
             update = F.interpolate(update.permute(0, 3, 1, 2), size=emb.shape[-2:], mode="bilinear",
                                    align_corners=False).permute(0, 2, 3, 1)
-        pixel, ups = run_stack_on_tokens(self.mask_features, nchw_to_tokens(emb) + update)
         weights = self.mask_hyper(queries.mean(dim=1))  # (N, mc)
-        mask_logits = project_to_masks(pixel, ups, weights[:, None]) + self.mask_bias
+        mask_logits = stack_to_masks(self.mask_features, nchw_to_tokens(emb) + update, weights[:, None])
+        mask_logits = mask_logits + self.mask_bias
         return PPNOutput(box_norm=box_norm, mask_logits=mask_logits, extra_tokens=queries[:, 2:])
 
 

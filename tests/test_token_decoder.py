@@ -9,7 +9,7 @@ from sam2rad.backbones.litemedsam import LiteMedSAMBackbone
 from sam2rad.backbones.tinyvit import LayerNorm2d
 from sam2rad.backbones.token_decoder import (decode_single_mask, nchw_to_tokens, project_to_masks,
                                              run_stack_on_tokens, single_mask_decoder_supported,
-                                             supports_tokens)
+                                             stack_to_masks, supports_tokens)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> None:
@@ -34,6 +34,13 @@ def test_stack_on_tokens_matches_nchw_modules():
     assert ups == 2
     _close(project_to_masks(feats, ups, vectors), expected)
     _close(project_to_masks(feats, ups, vectors[:, :1]), expected[:, :1])  # the single-vector branch
+    # Folding the vectors into the last transposed convolution gives the same masks...
+    for k in (1, 2):
+        _close(stack_to_masks(stack, nchw_to_tokens(x), vectors[:, :k]), expected[:, :k])
+    # ...and a stack ending in a nonlinearity takes the unfolded path.
+    with_gelu = nn.Sequential(*stack, nn.GELU())
+    _close(stack_to_masks(with_gelu, nchw_to_tokens(x), vectors),
+           torch.einsum("nkc,nchw->nkhw", vectors, with_gelu(x)))
 
 
 def test_unsupported_layers_are_refused():

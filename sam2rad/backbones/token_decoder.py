@@ -87,6 +87,16 @@ class _RowDot(torch.autograd.Function):
         return g_features, g_vectors
 
 
+def _pixel_order(masks: torch.Tensor, ups: int) -> torch.Tensor:
+    """(N, K, H, W, [2, 2] * ups) sub-pixel values -> (N, K, H * 2^ups, W * 2^ups) images."""
+    n, k, h, w = masks.shape[:4]
+    # axes: n, k, h, w, a1, b1, a2, b2, ... -> n, k, h, a1, a2, ..., w, b1, b2, ...
+    rows = [4 + 2 * i for i in range(ups)]
+    cols = [5 + 2 * i for i in range(ups)]
+    scale = 2 ** ups
+    return masks.permute(0, 1, 2, *rows, 3, *cols).reshape(n, k, h * scale, w * scale)
+
+
 def project_to_masks(features: torch.Tensor, ups: int, vectors: torch.Tensor) -> torch.Tensor:
     """Dot (N, H, W, [2, 2] * ups, C) features with per-row vectors (N, K, C): masks (N, K, H*2^u, W*2^u)."""
     n, h, w = features.shape[:3]
@@ -94,14 +104,31 @@ def project_to_masks(features: torch.Tensor, ups: int, vectors: torch.Tensor) ->
     k = vectors.shape[1]
     flat = features.reshape(n, -1, c)
     masks = torch.bmm(vectors, flat.transpose(1, 2)) if k > 1 else _RowDot.apply(flat, vectors[:, 0]).unsqueeze(1)
-    sub = (2, 2) * ups
-    masks = masks.reshape(n, k, h, w, *sub)
-    # axes: n, k, h, w, a1, b1, a2, b2, ... -> n, k, h, a1, a2, ..., w, b1, b2, ...
-    rows = [4 + 2 * i for i in range(ups)]
-    cols = [5 + 2 * i for i in range(ups)]
-    masks = masks.permute(0, 1, 2, *rows, 3, *cols)
-    scale = 2 ** ups
-    return masks.reshape(n, k, h * scale, w * scale)
+    return _pixel_order(masks.reshape(n, k, h, w, *(2, 2) * ups), ups)
+
+
+def stack_to_masks(stack: nn.Sequential, tokens: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """project_to_masks(run_stack_on_tokens(stack, tokens), vectors) for (N, H, W, C) tokens.
+
+    When the stack ends in a transposed convolution (nothing nonlinear after it), the vectors are
+    folded into its weights first: dotting its output with a vector is itself a linear map, so the
+    largest tensor of the stack (C_out channels at the final resolution) is never formed.
+    """
+    last = stack[-1]
+    if not isinstance(last, nn.ConvTranspose2d) or len(stack) < 2:
+        features, ups = run_stack_on_tokens(stack, tokens)
+        return project_to_masks(features, ups, vectors)
+    features, ups = run_stack_on_tokens(stack[:-1], tokens)
+    n, h, w = features.shape[:3]
+    c_in = features.shape[-1]
+    k = vectors.shape[1]
+    # mask[.., a, b] = sum_c x[c] * (sum_o v[o] W[c, o, a, b]) + sum_o v[o] bias[o]
+    folded = torch.einsum("coab,nko->nckab", last.weight, vectors).reshape(n, c_in, k * 4)
+    masks = torch.bmm(features.reshape(n, -1, c_in), folded).unflatten(-1, (k, 4))
+    if last.bias is not None:
+        masks = masks + (vectors @ last.bias)[:, None, :, None]
+    masks = masks.reshape(n, h, w, *(2, 2) * ups, k, 2, 2).movedim(-3, 1)  # k after n
+    return _pixel_order(masks, ups + 1)
 
 
 def nchw_to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -111,15 +138,20 @@ def nchw_to_tokens(x: torch.Tensor) -> torch.Tensor:
 _FEW_KEYS = 64  # at most this many keys: plain softmax attention beats the fused kernel on a CPU
 
 
-def _attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """sam2's Attention (no dropout: the decoder is frozen and in eval mode)."""
-    heads = attn.num_heads
-    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (attn.q_proj(q), attn.k_proj(k), attn.v_proj(v)))
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Softmax attention of (N, Lq, C) queries over (N, Lk, C) keys/values split into heads."""
+    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
     if k.shape[-2] <= _FEW_KEYS:
         out = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1) @ v
     else:
         out = F.scaled_dot_product_attention(q, k, v)
-    return attn.out_proj(out.transpose(1, 2).flatten(2))
+    return out.transpose(1, 2).flatten(2)
+
+
+def _attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sam2's Attention (no dropout: the decoder is frozen and in eval mode)."""
+    out = multi_head_attention(attn.q_proj(q), attn.k_proj(k), attn.v_proj(v), attn.num_heads)
+    return attn.out_proj(out)
 
 
 def two_way_transformer(transformer: nn.Module, image: torch.Tensor, image_pe: torch.Tensor,

@@ -56,7 +56,8 @@ def demo(
     for name, path in n.get("tables", {}).items():
         typer.echo(f"  {name:<20} {path}")
     typer.echo(f"Dice audit: {a.get('n_matched')} SEGs vs reference labels, mean Dice "
-               f"{overall.get('dice_mean', float('nan')):.3f}, {a.get('n_flagged_studies')} studies flagged")
+               f"{overall.get('dice_mean', float('nan')):.3f}, "
+               f"studies flagged (mean Dice under the audit threshold): {a.get('n_flagged_studies')}")
     typer.echo(f"Audit report: {a.get('report_html')}")
 
 
@@ -101,7 +102,8 @@ def audit(
 
     summary = audit_flow(seg_dir=seg_dir, reference_dir=reference_dir, output_dir=output_dir,
                          threshold=threshold, source_dir=source_dir)
-    typer.echo(f"{summary['n_matched']} SEGs audited; {summary['n_flagged_studies']} studies flagged; "
+    typer.echo(f"{summary['n_matched']} SEGs audited; studies flagged (mean Dice < {threshold:g}): "
+               f"{summary['n_flagged_studies']}; "
                f"report {summary['report_html']}")
 
 

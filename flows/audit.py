@@ -27,7 +27,7 @@ def audit(seg_dir: str, reference_dir: str, output_dir: str = "runs", threshold:
     create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown=result.markdown(), description="Dice audit summary")
     create_link_artifact(key="sam2rad-audit-report", link=Path(result.report_html).resolve().as_uri(),
                          link_text="Dice audit HTML report")
-    get_run_logger().info("audit: %d SEGs matched to references, mean Dice %s, %d studies flagged; report %s",
-                          result.n_matched, result.summary.get("dice_mean"), result.n_flagged_studies,
-                          result.report_html)
+    get_run_logger().info("audit: %d SEGs matched to references, mean Dice %s, studies flagged (mean Dice < %g): "
+                          "%d; report %s", result.n_matched, result.summary.get("dice_mean"), threshold,
+                          result.n_flagged_studies, result.report_html)
     return result.as_dict()

@@ -2,7 +2,7 @@
 
 Target: auto / bare encoder >= 0.85 (the PPN and decoder must cost little beside the encoder).
 The three are timed in interleaved rounds and compared by their median times.
-Usage: .venv/bin/python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--device cpu]
+Usage: .venv/bin/python benchmarks/bench_model.py [--threads 2] [--repeats 12] [--device cpu]
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from .synthetic import generate
 
 def load_spec(spec: str) -> tuple[list[Sample], str]:
     """Returns the samples and a short description for model cards."""
+    if spec.startswith("rfsim:"):  # generator B, sam2rad.data.rf_simulator: rfsim:N[:SEED]
+        from .rf_simulator import load_rf_spec; return load_rf_spec(spec)  # noqa: E702
     if spec.startswith("synthetic:"):
         parts = spec.split(":")[1:]
         try:

@@ -173,6 +173,14 @@ def _femoral_head(rng, grid, x0, x1, top):
     return _Anatomy(grid, bone, present)
 
 
+def _slope(anat: _Anatomy) -> np.ndarray:
+    """dy/dx of the surface where bone is present (ends of segments: one-sided), clipped to +-2.5."""
+    bone = np.where(anat.present, anat.bone, np.nan)
+    g = np.gradient(bone, anat.grid)
+    g = np.where(np.isfinite(g), g, 0.0)
+    return np.clip(g, -2.5, 2.5)
+
+
 _SHAPES = {"long_bone": _long_bone, "rib": _rib, "femoral_head": _femoral_head}
 
 
@@ -180,7 +188,7 @@ def _interp(grid: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.interp(x, grid, values, left=values[0], right=values[-1])
 
 
-def _tissue(rng, probe: _Probe, anat: _Anatomy, x: np.ndarray, y: np.ndarray, mm_per_sample: float):
+def _tissue(rng, probe: _Probe, anat: _Anatomy, x: np.ndarray, y: np.ndarray, thick: float):
     """Echogenicity (amplitude scale), scatterer density (0-1), attenuation (dB/mm/MHz, one way) and
     the bone mask on an array of physical positions."""
     bone_y = _interp(anat.grid, anat.bone, x)
@@ -228,8 +236,10 @@ def _tissue(rng, probe: _Probe, anat: _Anatomy, x: np.ndarray, y: np.ndarray, mm
         echo = np.where(has & (y > pl + 0.35), echo * 0.5, echo)
     # Cortex scatterers just below the surface; the bone interior barely scatters, and attenuates.
     below = y - bone_y
-    echo = np.where(in_bone, np.where(below < 0.5, 3.0, 0.3), echo)
-    atten = np.where(in_bone & (below > 0.15), 10.0, atten)
+    # (the cortex's band of echoes, `thick` mm, is what labellers draw; attenuation starts below it)
+    cortex = rng.uniform(4.0, 7.0) * (1 - 0.5 * np.clip(below / thick, 0, 1))
+    echo = np.where(in_bone, np.where(below < thick, cortex, 0.3), echo)
+    atten = np.where(in_bone & (below > 0.8 * thick), 10.0, atten)
     return echo, dens, atten, in_bone, bone_y
 
 
@@ -267,7 +277,8 @@ def generate_rf(seed: int, anatomy: str | None = None, probe: str | None = None,
     z = (np.arange(n_z) * dz)[:, None]
     u = ((np.arange(_N_LINES) + 0.5) / _N_LINES)[None, :]
     bx, by = pr.beam_xy(z, u)
-    echo, dens, atten, in_bone, bone_y = _tissue(rng, pr, anat, bx, by, dz)
+    thick = rng.uniform(0.5, 1.5)  # label band thickness, mm
+    echo, dens, atten, in_bone, bone_y = _tissue(rng, pr, anat, bx, by, thick)
 
     # Point scatterers: Poisson count per RF cell, Gaussian amplitudes -> N(0, k) per cell.
     rho = 0.8
@@ -280,7 +291,7 @@ def generate_rf(seed: int, anatomy: str | None = None, probe: str | None = None,
     first = np.argmax(in_bone, axis=0)
     lines = np.nonzero(hit)[0]
     if lines.size:
-        slope = np.gradient(anat.bone, anat.grid)
+        slope = _slope(anat)
         gx = bx[first[lines], lines]
         s = _interp(anat.grid, slope, gx)
         normal = np.stack([-s, np.ones_like(s)]) / np.sqrt(1 + s * s)
@@ -355,7 +366,7 @@ def generate_rf(seed: int, anatomy: str | None = None, probe: str | None = None,
     env = ndimage.gaussian_filter1d(env, max(0.5, 0.35 * sp / dz), axis=0)
     dr = rng.uniform(45.0, 65.0)
     db = 20 * np.log10(env + 1e-9)
-    ref = np.percentile(db[~in_bone], 50)
+    ref = np.percentile(db[by < np.nanmin(np.where(anat.present, anat.bone, np.nan))], 50)  # soft tissue
     grey = (db - ref) / dr + rng.uniform(0.42, 0.55)
     coords = np.stack([zq / dz, uq * _N_LINES - 0.5])
     img = ndimage.map_coordinates(grey, coords, order=1, mode="nearest")
@@ -363,9 +374,8 @@ def generate_rf(seed: int, anatomy: str | None = None, probe: str | None = None,
     image[~inside] = 0
 
     # Label: bone-surface band of perpendicular thickness `thick` under the surface, on output pixels.
-    thick = rng.uniform(0.5, 1.5)
     surf = _interp(anat.grid, anat.bone, px)
-    slope = _interp(anat.grid, np.gradient(anat.bone, anat.grid), px)
+    slope = _interp(anat.grid, _slope(anat), px)
     has = _interp(anat.grid, anat.present.astype(np.float64), px) > 0.5
     d = py - surf
     mask = has & inside & (d >= -0.5 * sp) & (d <= thick * np.sqrt(1 + slope**2))

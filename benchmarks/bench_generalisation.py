@@ -89,8 +89,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def format_table(summary: list[dict]) -> str:
-    head = f"{'':<10}{'train->test':<13}{'model':<20}{'n':>4}{'Dice mean':>11}{'median':>9}{'HD95 med mm':>13}  per-anatomy Dice mean"
-    lines = [head, "-" * (len(head) + 20)]
+    head = f"{'':<10}{'train->test':<13}{'model':<20}{'n':>4}{'Dice mean':>11}{'median':>9}{'HD95 med mm':>13}{'missed':>8}  per-anatomy Dice mean"
+    lines = [head, "-" * (len(head) + 20)]  # missed: images with an empty prediction (HD95 = inf)
     last = None
     for s in summary:
         section = "HEADLINE" if s["cross"] else "in-dist."
@@ -98,7 +98,7 @@ def format_table(summary: list[dict]) -> str:
             lines.append("")
         anat = "  ".join(f"{a} {v:.3f}" for a, v in s["per_anatomy_dice"].items())
         lines.append(f"{section if section != last else '':<10}{s['train_gen'] + ' -> ' + s['test_gen']:<13}{s['model']:<20}"
-                     f"{s['n']:>4}{s['dice_mean']:>11.3f}{s['dice_median']:>9.3f}{s['hd95_median_mm']:>13.2f}  {anat}")
+                     f"{s['n']:>4}{s['dice_mean']:>11.3f}{s['dice_median']:>9.3f}{s['hd95_median_mm']:>13.2f}{s['n_empty_or_missed']:>8}  {anat}")
         last = section
     return "\n".join(lines)
 

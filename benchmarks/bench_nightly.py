@@ -29,7 +29,7 @@ def main() -> None:
 
     from flows.nightly import nightly
     from flows.runtime import load_model
-    from pipeline.demo_data import write_demo_archive
+    from flows.demo.archive import write_demo_archive
     from pipeline.ingest import ingest, iter_frames
 
     torch.set_num_threads(args.threads)

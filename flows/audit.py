@@ -7,7 +7,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.audit import run_audit
+from pipeline.audit.rows import DEFAULT_DICE_THRESHOLD
+from pipeline.audit.run import run_audit
 
 SUMMARY_ARTIFACT = "sam2rad-audit-summary"
 
@@ -19,7 +20,7 @@ def audit_segs(seg_dir: str, reference_dir: str, output_dir: str, threshold: flo
 
 
 @flow(name="sam2rad-audit", log_prints=True)
-def audit(seg_dir: str, reference_dir: str, output_dir: str = "runs", threshold: float = 0.7,
+def audit(seg_dir: str, reference_dir: str, output_dir: str = "runs", threshold: float = DEFAULT_DICE_THRESHOLD,
           source_dir: str | None = None) -> dict:
     """Dice, IoU, HD95 and ASSD (mm) of every SEG in seg_dir against reference labels (reference SEGs
     or <SOPInstanceUID>.npz masks); studies below `threshold` mean Dice are flagged."""

@@ -61,5 +61,19 @@ def gpu_slot() -> AbstractContextManager:
     return concurrency(GPU_LIMIT, occupy=1, strict=True)
 
 
+# Prefect settings our entry points need unless the site sets them: no analytics calls home, and the
+# temporary server migrates its database on first start (slow on 2 cores), so it may take longer.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+
+
+def apply_prefect_defaults() -> None:
+    """Set PREFECT_DEFAULTS where the environment does not; call before importing prefect."""
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def default_device() -> str:
     return os.environ.get("SAM2RAD_DEVICE", "cpu")

@@ -2,8 +2,8 @@
 
 One SQLite row per (source SOP Instance UID, model fingerprint). A re-run skips what is done, retries
 what failed, and leaves SEGs waiting in the store outbox to `drain`. Several worker processes may share
-one ledger file: WAL journal, a busy timeout, and short write transactions (`BEGIN IMMEDIATE`), with
-`claim` as the atomic "this one is mine" step.
+one ledger file (each takes its own shard of the night's studies): WAL journal, a busy timeout, and
+short write transactions (`BEGIN IMMEDIATE`).
 
 Rows hold UIDs, counts, statuses and error texts only, never patient data.
 """
@@ -26,7 +26,7 @@ _SCHEMA_VERSION = 1
 
 
 class Status(str, enum.Enum):
-    PENDING = "pending"  # claimed by a worker, being processed
+    PENDING = "pending"  # started, result not recorded yet
     DONE = "done"  # SEG stored and confirmed by the sink
     SKIPPED = "skipped"  # deliberately not segmented (e.g. unsupported instance); final
     FAILED = "failed"  # processing failed; the next run retries it
@@ -43,7 +43,7 @@ class LedgerEntry:
     status: Status
     study_uid: str | None
     seg_sop_uid: str | None
-    attempts: int  # processing attempts (claims / starts)
+    attempts: int  # processing attempts (starts)
     store_failures: int  # failed store rounds (each after its own retries)
     last_error: str | None
     created_at: str
@@ -80,10 +80,6 @@ CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid, fingerpri
 def _now() -> str:
     # Fixed-width UTC text: sorts and compares as time does, and reads well in the sqlite3 shell.
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _ago(seconds: float) -> str:
-    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_ledger_path(env: Mapping[str, str] | None = None) -> Path:
@@ -207,30 +203,8 @@ class Ledger:
         return {status: int(n) for status, n in rows}
 
     # -- writes ------------------------------------------------------------------------------
-    def claim(self, sop_uid: str, fingerprint: str, *, study_uid: str | None = None,
-              lease_s: float = 6 * 3600, max_attempts: int | None = None) -> bool:
-        """Atomically take an instance for processing; False if it needs no work or is someone else's.
-
-        Refused: finished, SEG waiting in the outbox, claimed by another worker less than `lease_s` ago
-        (an older claim is presumed dead and taken over), or failed `max_attempts` times already.
-        """
-        with self._write() as db:
-            row = db.execute("SELECT status, attempts, updated_at FROM instances "
-                             "WHERE source_sop_uid = ? AND fingerprint = ?", (sop_uid, fingerprint)).fetchone()
-            if row is not None:
-                status, attempts, updated_at = Status(row[0]), int(row[1]), row[2]
-                if status in FINISHED or status is Status.STORE_PENDING:
-                    return False
-                if status is Status.PENDING and updated_at > _ago(lease_s):
-                    return False
-                if max_attempts is not None and attempts >= max_attempts:
-                    return False
-            self._upsert(db, sop_uid, fingerprint, status=Status.PENDING.value,
-                         attempts=(int(row[1]) if row else 0) + 1, **({"study_uid": study_uid} if study_uid else {}))
-            return True
-
     def mark_started(self, sop_uid: str, fingerprint: str, study_uid: str | None = None) -> LedgerEntry:
-        """Record an attempt unconditionally (use `claim` when several workers may race)."""
+        """Record an attempt at an instance (the flow calls it when the instance's result is known)."""
         with self._write() as db:
             row = db.execute("SELECT attempts FROM instances WHERE source_sop_uid = ? AND fingerprint = ?",
                              (sop_uid, fingerprint)).fetchone()

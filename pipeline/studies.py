@@ -52,3 +52,29 @@ class FetchedStudy:
 
     ref: StudyRef
     files: list[Path] = field(default_factory=list)
+    # Where each local file came from (archive path or PACS address): the fetch folder is temporary,
+    # so the run tables record this instead.
+    origins: dict[Path, str] = field(default_factory=dict)
+
+    def origin_of(self, path: str | Path | None) -> str | None:
+        """Where the file at `path` came from; the path itself when the source did not say."""
+        if path is None:
+            return None
+        return self.origins.get(Path(path), str(path))
+
+
+def parse_window(start_date: str | None, end_date: str | None, today: dt.date | None = None) -> DateWindow:
+    """YYYY-MM-DD (or YYYYMMDD) bounds; both missing means yesterday, one missing means that one day."""
+    def parse(value: str) -> dt.date:
+        for fmt in ("%Y-%m-%d", "%Y%m%d"):
+            try:
+                return dt.datetime.strptime(value.strip(), fmt).date()
+            except ValueError:
+                pass
+        raise ValueError(f"bad date {value!r}: use YYYY-MM-DD")
+
+    if not start_date and not end_date:
+        return DateWindow.yesterday(today)
+    start = parse(start_date or end_date)  # type: ignore[arg-type]
+    end = parse(end_date or start_date)  # type: ignore[arg-type]
+    return DateWindow(start, end)

@@ -10,22 +10,13 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pydicom
 
 from pipeline.ingest import ingest, iter_frames
-from pipeline.seg import read_seg_masks
+from pipeline.seg import read_seg_header, read_seg_masks
 from sam2rad.data.datasets import Sample
+from sam2rad.data.specs import load_spec
 
 log = logging.getLogger(__name__)
-SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
-
-
-def _seg_sources(path: Path) -> list[str]:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    if str(ds.get("SOPClassUID", "")) not in SEG_SOP_CLASSES:
-        return []
-    return [str(inst.ReferencedSOPInstanceUID) for series in ds.get("ReferencedSeriesSequence", [])
-            for inst in series.get("ReferencedInstanceSequence", [])]
 
 
 def samples_from_dicom(images: Iterable[str | Path], segs: Iterable[str | Path]) -> list[Sample]:
@@ -39,7 +30,8 @@ def samples_from_dicom(images: Iterable[str | Path], segs: Iterable[str | Path])
     samples: list[Sample] = []
     used: set[str] = set()
     for seg_path in seg_files:
-        for sop in _seg_sources(seg_path):
+        header = read_seg_header(seg_path)
+        for sop in header.source_sop_uids if header else ():
             inst = instances.get(sop)
             if inst is None or sop in used:
                 continue
@@ -60,3 +52,17 @@ def samples_from_dicom(images: Iterable[str | Path], segs: Iterable[str | Path])
     log.info("dicom training data: %d frames from %d instances (%d instances without a reference SEG)",
              len(samples), len(used), len(instances) - len(used))
     return samples
+
+
+def load_data_spec(spec: str) -> tuple[list[Sample], str]:
+    """A training/evaluation data spec -> (samples, description).
+
+    `dicom:IMAGES_DIR:REFERENCE_SEG_DIR` pairs archive images with reference SEGs (this module);
+    every other form (synthetic:N, PNG folders, NPZ files) is `sam2rad.data.specs.load_spec`'s.
+    """
+    if not spec.startswith("dicom:"):
+        return load_spec(spec)
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"bad dicom spec {spec!r}; use dicom:IMAGES_DIR:REFERENCE_SEG_DIR")
+    return samples_from_dicom([parts[1]], [parts[2]]), f"DICOM {parts[1]} + SEG {parts[2]}"

@@ -8,9 +8,7 @@ PPN weights are meaningless on top of other features.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .atomic_files import replace_atomically
 from .backbones import Backbone, build_backbone
 from .backbones.weights import sha256_file
 from .model import Sam2Rad
@@ -71,17 +70,6 @@ def card_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(model: Sam2Rad, path: str | Path, training: dict | None = None,
                     metrics: dict | None = None) -> ModelCard:
     path = Path(path)
@@ -95,8 +83,8 @@ def save_checkpoint(model: Sam2Rad, path: str | Path, training: dict | None = No
         code_version=code_version(),
     )
     state = {k: v.detach().cpu().contiguous() for k, v in model.ppn.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": CARD_FORMAT}))
-    _atomic_write(card_path(path), lambda tmp: Path(tmp).write_text(card.to_json()))
+    replace_atomically(lambda tmp: save_file(state, str(tmp), metadata={"format": CARD_FORMAT}), path)
+    replace_atomically(lambda tmp: tmp.write_text(card.to_json()), card_path(path))
     return card
 
 

@@ -9,9 +9,8 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
@@ -22,16 +21,25 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
+    BasicTextSRStorage,
+    CTImageStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
 
-US_IMAGE = UID("1.2.840.10008.5.1.4.1.1.6.1")
-US_MULTIFRAME = UID("1.2.840.10008.5.1.4.1.1.3.1")
-SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
-CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
-SEGMENTATION = UID("1.2.840.10008.5.1.4.1.1.66.4")
-BASIC_TEXT_SR = UID("1.2.840.10008.5.1.4.1.1.88.11")
-GRAYSCALE_PR = UID("1.2.840.10008.5.1.4.1.1.11.1")
+from flows.demo.us_dicom import describe_pixels, make_cine, new_instance, ultrasound_region
+
+US_IMAGE = UltrasoundImageStorage
+US_MULTIFRAME = UltrasoundMultiFrameImageStorage
+SECONDARY_CAPTURE = SecondaryCaptureImageStorage
+CT_IMAGE = CTImageStorage
+SEGMENTATION = SegmentationStorage
+BASIC_TEXT_SR = BasicTextSRStorage
+GRAYSCALE_PR = GrayscaleSoftcopyPresentationStateStorage
 MPEG2_MAIN_PROFILE = UID("1.2.840.10008.1.2.4.100")
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1000001"
@@ -61,13 +69,7 @@ def base_dataset(
     transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Dataset:
     """Patient/study/series/equipment identity of a small synthetic instance (no pixel description)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
-    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
-    ds.SOPClassUID = UID(sop_class)
-    ds.SOPInstanceUID = sop_uid or generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = new_instance(sop_class, sop_uid or generate_uid(), transfer_syntax)
     ds.PatientName = "Test^Synthetic"
     ds.PatientID = "SYNTH-001"
     ds.PatientBirthDate = "19800101"
@@ -87,16 +89,7 @@ def base_dataset(
     return ds
 
 
-def _pixel_description(ds: Dataset, rows: int, cols: int, photometric: str, samples: int, bits: int = 8) -> None:
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if bits <= 8 else 16
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if samples == 3:
-        ds.PlanarConfiguration = 0
+_pixel_description = describe_pixels
 
 
 def add_region(
@@ -109,15 +102,7 @@ def add_region(
     units: int = 3,
 ) -> Dataset:
     """Append one SequenceOfUltrasoundRegions item; bounds are (x0, y0, x1, y1) inclusive."""
-    item = Dataset()
-    item.RegionSpatialFormat = spatial_format
-    item.RegionDataType = data_type
-    item.RegionFlags = 0
-    item.RegionLocationMinX0, item.RegionLocationMinY0 = bounds[0], bounds[1]
-    item.RegionLocationMaxX1, item.RegionLocationMaxY1 = bounds[2], bounds[3]
-    item.PhysicalUnitsXDirection = units
-    item.PhysicalUnitsYDirection = units
-    item.PhysicalDeltaX, item.PhysicalDeltaY = delta_cm
+    item = ultrasound_region(bounds, delta_cm, units=units, spatial_format=spatial_format, data_type=data_type)
     if "SequenceOfUltrasoundRegions" not in ds:
         ds.SequenceOfUltrasoundRegions = []
     ds.SequenceOfUltrasoundRegions.append(item)
@@ -131,11 +116,7 @@ def _frames(grey: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _as_cine(ds: Dataset, n_frames: int, force_multiframe: bool) -> None:
     if n_frames > 1 or force_multiframe:
-        ds.SOPClassUID = US_MULTIFRAME
-        ds.file_meta.MediaStorageSOPClassUID = US_MULTIFRAME
-        ds.NumberOfFrames = n_frames
-        ds.FrameTime = 33.3
-        ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
+        make_cine(ds, n_frames, frame_time_ms=33.3)
 
 
 def us_image(

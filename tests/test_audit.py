@@ -16,14 +16,15 @@ import pydicom
 import pytest
 from highdicom.sr.coding import CodedConcept
 
-from pipeline.audit import AuditResult, match_classes, run_audit
-from pipeline.demo_data import DemoArchive, demo_uid, write_demo_archive
+from pipeline.audit.comparison import match_classes
+from pipeline.audit.run import AuditResult, run_audit
+from flows.demo.archive import DemoArchive, demo_uid, write_demo_archive
 from pipeline.ingest import UsInstance, ingest
-from pipeline.seg import TISSUE, ModelCard, SegmentClass, SegWriter
+from pipeline.seg import TISSUE, SegAlgorithm, SegmentClass, SegWriter
 from sam2rad.metrics import evaluate_pair
 
-CARD = ModelCard("Sam2Rad", "0.1.0", "litemedsam:test", "cd" * 32, "auto", ("bone",))
-READER_CARD = ModelCard("Reader", "1", "manual:test", "ef" * 32, "manual", ("bone",))
+CARD = SegAlgorithm("Sam2Rad", "0.1.0", "litemedsam:test", "cd" * 32, "auto", ("bone",))
+READER_CARD = SegAlgorithm("Reader", "1", "manual:test", "ef" * 32, "manual", ("bone",))
 JOINT = SegmentClass("joint", TISSUE, CodedConcept("39352004", "SCT", "Joint"), (128, 174, 128))
 PATIENT_TEXT = ("DEMO^", "SYN000", "SYN001", "SYNCINE")  # the demo archive's patient names and IDs
 
@@ -261,7 +262,7 @@ def test_classes_are_matched_by_name_and_scored_separately(setup, tmp_path):
     bone, _ = reference(setup.archive, inst)
     joint = np.zeros_like(bone)
     joint[:, 100:120, 40:80] = True
-    card = ModelCard("Sam2Rad", "0.1.0", "litemedsam:test", "cd" * 32, "auto", ("bone", "joint"))
+    card = SegAlgorithm("Sam2Rad", "0.1.0", "litemedsam:test", "cd" * 32, "auto", ("bone", "joint"))
     SegWriter(card, segment_classes={"joint": JOINT}).write(
         inst, np.stack([bone, np.zeros_like(bone)], axis=-1), tmp_path / "segs")  # joint missed
     refs = tmp_path / "refs"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipeline.demo_data import write_demo_archive
+from flows.demo.archive import write_demo_archive
 from pipeline.ingest import ingest
 from pipeline.ledger import Ledger
 from pipeline.pacs import ENV as PACS_ENV

@@ -13,7 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from pipeline.demo_data import demo_uid, synthetic_us_dataset, write_demo_archive
+from flows.demo.archive import demo_uid, synthetic_us_dataset, write_demo_archive
 from sam2rad.data.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ print("ARTIFACT", json.dumps(asyncio.run(art())))
 
 
 def test_window_parsing_and_bad_parameters():
-    from pipeline.run import parse_window
+    from pipeline.studies import parse_window
 
     w = parse_window("2026-01-02", None)
     assert w.dicom_range() == "20260102-20260102"

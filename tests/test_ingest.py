@@ -220,7 +220,7 @@ def test_frame_limit_rejects_before_any_pixel_is_read(tmp_path, monkeypatch):
         raise AssertionError("pixels were decoded")
 
     monkeypatch.setattr(pipeline.decode, "iter_pixels", no_decoding)
-    monkeypatch.setattr("pipeline.ingest._pixel_data_issue", no_decoding)
+    monkeypatch.setattr("pipeline.ingest.pixel_data_issue", no_decoding)
     issue = read_instance(path)
     assert issue.code is IssueCode.TOO_MANY_FRAMES and "2000" in issue.reason and "1000" in issue.reason
 
@@ -318,9 +318,9 @@ def test_no_phi_in_repr_logs_or_warnings(tmp_path, caplog):
         warnings.simplefilter("always")
         item = read_instance(path)
         decode_frames(item)
-        from pipeline.seg import ModelCard, SegWriter
+        from pipeline.seg import SegAlgorithm, SegWriter
 
-        card = ModelCard("sam2rad", "1", "bb", "0" * 64, "auto", ("bone",))
+        card = SegAlgorithm("sam2rad", "1", "bb", "0" * 64, "auto", ("bone",))
         SegWriter(card).write(item, np.zeros((1, item.rows, item.cols, 1), bool), tmp_path / "out")
     said = caplog.text + " ".join(str(w.message) for w in caught) + repr(item)
     for secret in ("Secret", "PID-SECRET-42", "1970.01.01", "19700101"):

@@ -23,17 +23,16 @@ def test_done_is_skipped_and_failed_is_retried(ledger):
     uids = ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
     assert ledger.todo(uids, FP) == uids
     for uid in uids:
-        assert ledger.claim(uid, FP, study_uid="1.2.3")
+        ledger.mark_started(uid, FP, study_uid="1.2.3")
     ledger.mark_done("1.2.3.1", FP, seg_sop_uid="9.9.1")
     ledger.mark_failed("1.2.3.2", FP, RuntimeError("decoder exploded"))
     ledger.mark_skipped("1.2.3.3", FP, "cine without frame of reference")
 
     assert ledger.is_done("1.2.3.1", FP) and ledger.is_done("1.2.3.3", FP)
     assert not ledger.is_done("1.2.3.2", FP)
-    # The next run: only the failure is left, and it can be claimed again.
+    # The next run: only the failure is left, and it is attempted again.
     assert ledger.todo(uids, FP) == ["1.2.3.2"]
-    assert not ledger.claim("1.2.3.1", FP)
-    assert ledger.claim("1.2.3.2", FP)
+    ledger.mark_started("1.2.3.2", FP)
     failed = ledger.entry("1.2.3.2", FP)
     assert failed.status is Status.PENDING and failed.attempts == 2
     assert failed.last_error == "RuntimeError: decoder exploded"  # kept until the retry succeeds
@@ -44,9 +43,9 @@ def test_done_is_skipped_and_failed_is_retried(ledger):
 
 def test_study_status_counts_one_study(ledger):
     assert ledger.study_status("1.2.3", FP) == {}
-    ledger.claim("1.2.3.1", FP, study_uid="1.2.3")
-    ledger.claim("1.2.3.2", FP, study_uid="1.2.3")
-    ledger.claim("1.2.4.1", FP, study_uid="1.2.4")
+    ledger.mark_started("1.2.3.1", FP, study_uid="1.2.3")
+    ledger.mark_started("1.2.3.2", FP, study_uid="1.2.3")
+    ledger.mark_started("1.2.4.1", FP, study_uid="1.2.4")
     ledger.mark_done("1.2.3.1", FP, "9.9.1")
     assert ledger.study_status("1.2.3", FP) == {"done": 1, "pending": 1}
 
@@ -59,32 +58,21 @@ def test_fingerprints_are_independent(ledger):
     assert ledger.todo(["1.2.3.1"], OTHER_FP) == ["1.2.3.1"]
 
 
-def test_attempts_count_and_max_attempts(ledger):
+def test_attempts_count_and_failures_stay_listed(ledger):
     for expected in (1, 2, 3):
-        assert ledger.claim("1.2.3.1", FP, max_attempts=3)
-        assert ledger.entry("1.2.3.1", FP).attempts == expected
+        assert ledger.mark_started("1.2.3.1", FP).attempts == expected
         ledger.mark_failed("1.2.3.1", FP, f"failure {expected}")
-    assert not ledger.claim("1.2.3.1", FP, max_attempts=3)  # given up after 3
     assert ledger.entry("1.2.3.1", FP).last_error == "failure 3"
     assert [e.source_sop_uid for e in ledger.failed(FP)] == ["1.2.3.1"]
-    assert ledger.mark_started("1.2.3.1", FP).attempts == 4  # an explicit start still counts
-
-
-def test_claim_respects_a_live_claim_and_takes_over_a_stale_one(ledger):
-    assert ledger.claim("1.2.3.1", FP, lease_s=3600)
-    assert not ledger.claim("1.2.3.1", FP, lease_s=3600)  # another worker has it
-    assert ledger.claim("1.2.3.1", FP, lease_s=0)  # that worker died long ago
-    assert ledger.entry("1.2.3.1", FP).attempts == 2
 
 
 def test_store_pending_until_the_seg_is_stored(ledger):
-    ledger.claim("1.2.3.1", FP, study_uid="1.2.3")
+    ledger.mark_started("1.2.3.1", FP, study_uid="1.2.3")
     ledger.mark_store_pending("1.2.3.1", FP, "9.9.1", ConnectionError("PACS down"))
     entry = ledger.entry("1.2.3.1", FP)
     assert entry.status is Status.STORE_PENDING and entry.store_failures == 1 and entry.seg_sop_uid == "9.9.1"
     assert not ledger.is_done("1.2.3.1", FP)
     assert ledger.todo(["1.2.3.1"], FP) == []  # the SEG exists: do not segment again, drain it
-    assert not ledger.claim("1.2.3.1", FP)
     assert [e.seg_sop_uid for e in ledger.pending_store()] == ["9.9.1"]
     assert ledger.note_store_failure("9.9.1", "still down") == 1
     assert ledger.entry("1.2.3.1", FP).store_failures == 2
@@ -113,35 +101,28 @@ N_WORKERS = 4
 N_INSTANCES = 60
 
 
-def _worker(path: str, worker: int, queue) -> None:
-    claimed = []
+def _worker(path: str, worker: int) -> None:
+    # Like one shard of a night: this worker's instances, written while the others write theirs.
     with Ledger(path) as ledger:
-        for i in range(N_INSTANCES):
+        for i in range(worker, N_INSTANCES, N_WORKERS):
             uid = f"1.2.3.{i}"
-            # max_attempts=1: within this run, a failure is not picked up again by another worker.
-            if ledger.claim(uid, FP, study_uid="1.2.3", max_attempts=1):
-                claimed.append(uid)
-                if i % 10 == 0:
-                    ledger.mark_failed(uid, FP, f"worker {worker} failed")
-                else:
-                    ledger.mark_done(uid, FP, f"9.9.{i}")
-    queue.put(claimed)
+            ledger.mark_started(uid, FP, study_uid="1.2.3")
+            if i % 10 == 0:
+                ledger.mark_failed(uid, FP, f"worker {worker} failed")
+            else:
+                ledger.mark_done(uid, FP, f"9.9.{i}")
 
 
-def test_concurrent_processes_claim_each_instance_once(tmp_path):
+def test_concurrent_processes_share_one_ledger(tmp_path):
     path = str(tmp_path / "ledger.sqlite")
     Ledger(path).close()  # create the schema before the race
     context = mp.get_context("fork")
-    queue = context.Queue()
-    workers = [context.Process(target=_worker, args=(path, w, queue)) for w in range(N_WORKERS)]
+    workers = [context.Process(target=_worker, args=(path, w)) for w in range(N_WORKERS)]
     for process in workers:
         process.start()
-    claims = [queue.get(timeout=60) for _ in workers]
     for process in workers:
         process.join(timeout=60)
         assert process.exitcode == 0
-    everything = [uid for claimed in claims for uid in claimed]
-    assert sorted(everything) == sorted(f"1.2.3.{i}" for i in range(N_INSTANCES))  # each exactly once
     with Ledger(path) as ledger:
         counts = ledger.counts(FP)
         assert counts["done"] == N_INSTANCES - 6 and counts["failed"] == 6 and counts["pending"] == 0

@@ -129,7 +129,7 @@ def test_outage_keeps_segs_in_outbox_then_drain_stores_each_once(orthanc_server,
     orthanc_server.stop()
     try:
         for source in sources:
-            ledger.claim(source.sop_uid, fingerprint, study_uid=source.study_uid)
+            ledger.mark_started(source.sop_uid, fingerprint, study_uid=source.study_uid)
             outcome = deliver(segs[source.sop_uid], sink, outbox, ledger=ledger, source_sop_uid=source.sop_uid,
                               fingerprint=fingerprint, policy=settings.retry_policy(), sleep=slept.append)
             assert outcome.delivery is Delivery.KEPT and "PacsUnreachable" in outcome.error

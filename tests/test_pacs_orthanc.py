@@ -7,9 +7,9 @@ import pytest
 from urllib3.exceptions import InsecureRequestWarning
 
 from pipeline.ledger import Ledger, Status
+from pydicom.uid import SegmentationStorage
 from pipeline.pacs import (
     LABEL_MAP_SEGMENTATION_STORAGE,
-    SEGMENTATION_STORAGE,
     Delivery,
     DicomWebArchive,
     DimseArchive,
@@ -18,7 +18,7 @@ from pipeline.pacs import (
     PacsError,
     deliver,
 )
-from pipeline.pacs.dimse import storage_scp_contexts
+from pipeline.pacs.dimse_receiver import storage_scp_contexts
 from tests.orthanc import DEMO_WINDOW, build_test_seg, orthanc_server, write_demo_studies  # noqa: F401
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.timeout(120)]
@@ -106,7 +106,7 @@ def test_store_segs_one_per_source_and_never_twice(pacs, tmp_path):
     outbox = Outbox(tmp_path / "outbox")
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         for source in sources:
-            ledger.claim(source.sop_uid, FINGERPRINT, study_uid=source.study_uid)
+            ledger.mark_started(source.sop_uid, FINGERPRINT, study_uid=source.study_uid)
             sink = plan[source.sop_uid][0]
             outcome = deliver(segs[source.sop_uid], sink, outbox, ledger=ledger, source_sop_uid=source.sop_uid,
                               fingerprint=FINGERPRINT)
@@ -140,10 +140,10 @@ def test_store_segs_one_per_source_and_never_twice(pacs, tmp_path):
             if ds.Modality != "SEG":
                 continue
             assert ds.StudyInstanceUID == study_uid
-            assert ds.SOPClassUID in (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE)
+            assert ds.SOPClassUID in (SegmentationStorage, LABEL_MAP_SEGMENTATION_STORAGE)
             source_uid = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
             referenced.setdefault(source_uid, []).append(ds.SOPInstanceUID)
-            assert ds.SOPClassUID == (LABEL_MAP_SEGMENTATION_STORAGE if plan[source_uid][1] else SEGMENTATION_STORAGE)
+            assert ds.SOPClassUID == (LABEL_MAP_SEGMENTATION_STORAGE if plan[source_uid][1] else SegmentationStorage)
         assert referenced == {uid: [segs[uid].SOPInstanceUID] for uid in study_sources}
         # C-GET from Orthanc 1.10 cannot send LABELMAP SEG (its DCMTK lacks the SOP class): the sources
         # still arrive, the SEG is reported missing without failing the fetch. C-MOVE gets everything.
@@ -155,7 +155,7 @@ def test_store_segs_one_per_source_and_never_twice(pacs, tmp_path):
 
 def test_our_storage_scp_accepts_labelmap_seg():
     syntaxes = {cx.abstract_syntax for cx in storage_scp_contexts()}
-    assert {SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE} <= syntaxes
+    assert {SegmentationStorage, LABEL_MAP_SEGMENTATION_STORAGE} <= syntaxes
 
 
 def test_dicomweb_over_tls_with_ca_bundle_and_client_certificate(pacs, tmp_path):

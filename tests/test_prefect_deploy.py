@@ -260,9 +260,9 @@ def test_server_accepts_all_work_pool_templates_and_pool_switch(prefect_server):
 
 
 def _write_demo_archive(root: Path):
-    """The bundled demo archive (pipeline.demo_data), kept small - this test is about orchestration:
+    """The bundled demo archive (flows.demo.archive), kept small - this test is about orchestration:
     two synthetic studies of two images each and a 2-frame cine study, dated yesterday."""
-    from pipeline.demo_data import write_demo_archive
+    from flows.demo.archive import write_demo_archive
 
     archive = write_demo_archive(root, n_synthetic_studies=2, images_per_study=2, cine_frames=2,
                                  include_pydicom_examples=False)

@@ -12,6 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from highdicom.seg import SegmentationTypeValues
 from highdicom.sr.coding import CodedConcept
 from pydicom.data import get_testdata_file
 from pydicom.pixels import unpack_bits
@@ -19,9 +20,9 @@ from pydicom.pixels import unpack_bits
 from pipeline.ingest import UsInstance, decode_frames, read_instance
 from pipeline.seg import (
     TISSUE,
-    ModelCard,
+    SegAlgorithm,
     SegmentClass,
-    SegmentationType,
+    SUPPORTED_SEGMENTATION_TYPES,
     SegWriter,
     derive_seg_uids,
     read_seg_masks,
@@ -46,7 +47,7 @@ PYDICOM_US_FILES = [
     "examples_ybr_color.dcm",
     "ExplVR_BigEnd.dcm",
 ]
-CARD = ModelCard(
+CARD = SegAlgorithm(
     name="Sam2Rad",
     version="0.1.0",
     backbone_fingerprint="sam2.1_hiera_t:1a2b3c",
@@ -118,7 +119,7 @@ def test_dciodvfy_is_available():
     assert DCIODVFY.exists(), "dicom3tools installs dciodvfy next to the venv's python"
 
 
-@pytest.mark.parametrize("kind", list(SegmentationType))
+@pytest.mark.parametrize("kind", SUPPORTED_SEGMENTATION_TYPES)
 @pytest.mark.parametrize("name", PYDICOM_US_FILES)
 def test_pydicom_us_files_get_valid_segs_that_round_trip(name, kind, pydicom_instances, tmp_path):
     source = pydicom_instances[name]
@@ -132,7 +133,7 @@ def test_pydicom_us_files_get_valid_segs_that_round_trip(name, kind, pydicom_ins
     assert np.array_equal(read_seg_masks(written.path, source.sop_uid), masks)
     seg = hd.seg.segread(written.path)
     assert seg.SegmentationType == kind.value
-    expected_syntax = "1.2.840.10008.1.2.5" if kind is SegmentationType.LABELMAP else "1.2.840.10008.1.2.1"
+    expected_syntax = "1.2.840.10008.1.2.5" if kind is SegmentationTypeValues.LABELMAP else "1.2.840.10008.1.2.1"
     assert seg.file_meta.TransferSyntaxUID == expected_syntax
 
     # pydicom alone agrees, and the identity is the source's
@@ -162,11 +163,11 @@ def test_cine_seg_is_one_object_citing_every_source_frame(pydicom_instances, tmp
     assert "1.2.840.10008.5.1.4.1.1.6.1" not in str(ds)
 
 
-@pytest.mark.parametrize("kind", list(SegmentationType))
+@pytest.mark.parametrize("kind", SUPPORTED_SEGMENTATION_TYPES)
 def test_two_class_cine_keeps_classes_and_frames_apart(kind, tmp_path):
     ds = jpeg_baseline(grey_cine(6, 48, 64), colour=True)
     source = read_instance(save(ds, tmp_path / "cine.dcm"))
-    card = ModelCard("Sam2Rad", "0.1.0", "bb", "cd" * 32, "semi", ("bone", "joint"))
+    card = SegAlgorithm("Sam2Rad", "0.1.0", "bb", "cd" * 32, "semi", ("bone", "joint"))
     masks = threshold_masks(source, 2)
     written = SegWriter(card, segmentation_type=kind, segment_classes={"joint": JOINT}).write(
         source, masks, tmp_path / "out"
@@ -263,7 +264,7 @@ def test_same_input_gives_same_uids_and_different_models_do_not(pydicom_instance
     again = SegWriter(CARD).write(source, masks, tmp_path / "a")
     assert again.path == first.path and len(list((tmp_path / "a").iterdir())) == 1
 
-    other_mode = ModelCard(**{**CARD.__dict__, "mode": "manual"})
+    other_mode = SegAlgorithm(**{**CARD.__dict__, "mode": "manual"})
     assert SegWriter(other_mode).uids_for(source).sop_uid != first.sop_uid
     labelmap = SegWriter(CARD, segmentation_type="LABELMAP").uids_for(source)
     assert labelmap.sop_uid != first.sop_uid
@@ -298,7 +299,7 @@ def test_killed_process_never_leaves_a_partial_seg(tmp_path):
         import numpy as np, highdicom as hd
         from pydicom.data import get_testdata_file
         from pipeline.ingest import read_instance
-        from pipeline.seg import ModelCard, SegWriter
+        from pipeline.seg import SegAlgorithm, SegWriter
 
         def slow_save(self, target, *a, **k):
             target.write(b"partial" * 1000); target.flush()
@@ -306,7 +307,7 @@ def test_killed_process_never_leaves_a_partial_seg(tmp_path):
 
         hd.seg.Segmentation.save_as = slow_save
         source = read_instance(get_testdata_file("examples_rgb_color.dcm"))
-        card = ModelCard(**{CARD.__dict__!r})
+        card = SegAlgorithm(**{CARD.__dict__!r})
         SegWriter(card).write(source, np.zeros((1, 240, 320, 1), bool), {str(tmp_path)!r})
         """
     )
@@ -332,14 +333,14 @@ def test_bad_masks_and_cards_are_refused(pydicom_instances):
     with pytest.raises(ValueError, match="boolean"):
         writer.build(source, np.full((1, 240, 320, 1), 3, np.uint8))
     overlapping = np.ones((1, 240, 320, 2), bool)
-    card2 = ModelCard("Sam2Rad", "1", "bb", "0" * 64, "auto", ("bone", "joint"))
+    card2 = SegAlgorithm("Sam2Rad", "1", "bb", "0" * 64, "auto", ("bone", "joint"))
     with pytest.raises(ValueError, match="overlap"):
         SegWriter(card2, segmentation_type="LABELMAP", segment_classes={"joint": JOINT}).build(source, overlapping)
     with pytest.raises(ValueError, match="SNOMED"):
         SegWriter(card2)
     with pytest.raises(ValueError, match="sha256"):
-        ModelCard("Sam2Rad", "1", "bb", "not-a-hash", "auto", ("bone",))
+        SegAlgorithm("Sam2Rad", "1", "bb", "not-a-hash", "auto", ("bone",))
     with pytest.raises(ValueError, match="mode"):
-        ModelCard("Sam2Rad", "1", "bb", "0" * 64, "fully-automatic", ("bone",))
+        SegAlgorithm("Sam2Rad", "1", "bb", "0" * 64, "fully-automatic", ("bone",))
     # 2-D / 3-D shorthands are accepted for one frame / one class
     assert writer.build(source, np.zeros((240, 320), bool)).NumberOfFrames == 1

@@ -4,16 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.demo_data import write_demo_archive
+from flows.demo.archive import write_demo_archive
 from pipeline.ingest import ingest
-from pipeline.seg import ModelCard, SegWriter
+from pipeline.seg import SegAlgorithm, SegWriter
 from pipeline.training_data import samples_from_dicom
 
 
 def test_reference_segs_become_cropped_samples(tmp_path):
     archive = write_demo_archive(tmp_path, n_synthetic_studies=2, images_per_study=1, cine_frames=2,
                                  size=(160, 150), include_pydicom_examples=False)
-    writer = SegWriter(ModelCard("reference", "1", "labeller", "0" * 64, "manual", ("bone",)))
+    writer = SegWriter(SegAlgorithm("reference", "1", "labeller", "0" * 64, "manual", ("bone",)))
     truth = {}
     for inst in ingest([archive.inbox]).instances:
         ref = np.load(archive.references / f"{inst.sop_uid}.npz")["mask"]

@@ -8,9 +8,6 @@
     deliver(seg, archive, Outbox(settings.store_outbox), ledger=..., ...)  # store, or keep for drain()
 """
 from pipeline.pacs.base import (
-    LABEL_MAP_SEGMENTATION_STORAGE,
-    SEG_SOP_CLASSES,
-    SEGMENTATION_STORAGE,
     Archive,
     InstanceRef,
     PacsAccessDenied,
@@ -24,6 +21,7 @@ from pipeline.pacs.base import (
     StudyFilters,
     StudySource,
 )
+from pipeline.sop_classes import LABEL_MAP_SEGMENTATION_STORAGE, SEG_SOP_CLASSES
 from pipeline.pacs.config import ENV, PacsSettings, RetryPolicy, env_name
 from pipeline.pacs.dicomweb import DicomWebArchive
 from pipeline.pacs.dimse import DimseArchive
@@ -52,7 +50,6 @@ def open_archive(settings: PacsSettings) -> Archive:
 __all__ = [
     "ENV",
     "LABEL_MAP_SEGMENTATION_STORAGE",
-    "SEGMENTATION_STORAGE",
     "SEG_SOP_CLASSES",
     "Archive",
     "Delivery",

@@ -15,12 +15,8 @@ from typing import Callable, Protocol, runtime_checkable
 import pydicom
 from pydicom.dataset import Dataset
 
-from pipeline.atomic import write_file_atomically
 from pipeline.studies import DateWindow, FetchedStudy, StudyRef
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
-SEG_SOP_CLASSES = (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -156,11 +152,6 @@ def load_dataset(item: Dataset | Path | str) -> Dataset:
     if isinstance(item, Dataset):
         return item
     return pydicom.dcmread(item)
-
-
-def write_atomically(data: bytes | Dataset, path: Path) -> Path:
-    """Write next to the target, fsync, rename: a crash leaves the old file or the new one, never a part."""
-    return write_file_atomically(data, path)
 
 
 def instance_path(root: Path, study_uid: str, sop_uid: str) -> Path:

@@ -10,6 +10,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
+from pipeline.dicom_file import write_dicom_file
 from pipeline.pacs.base import (
     answers,
     InstanceRef,
@@ -23,7 +24,6 @@ from pipeline.pacs.base import (
     instance_path,
     load_dataset,
     split_modalities,
-    write_atomically,
 )
 from pipeline.pacs.config import PacsSettings, env_name
 from pipeline.studies import DateWindow, FetchedStudy, StudyRef
@@ -200,7 +200,7 @@ class DicomWebArchive:
             for ds in self.client.iter_study(study.study_uid, media_types=_AS_STORED):
                 if str(ds.get("StudyInstanceUID", "")) != study.study_uid:
                     continue  # never mix studies
-                files.append(write_atomically(ds, instance_path(Path(dest_dir), study.study_uid,
+                files.append(write_dicom_file(ds, instance_path(Path(dest_dir), study.study_uid,
                                                                  str(ds.SOPInstanceUID))))
             return files
 
@@ -208,7 +208,8 @@ class DicomWebArchive:
         if not files:
             raise PacsOperationError(f"WADO-RS of study {study.study_uid} from {self.url} returned no instances")
         log.info("WADO-RS %s: %d instances", study.study_uid, len(files))
-        return FetchedStudy(ref=study, files=sorted(set(files)))
+        return FetchedStudy(ref=study, files=sorted(set(files)),
+                            origins={f: f"{self.url}/studies/{study.study_uid}/instances/{f.stem}" for f in files})
 
     # -- store -------------------------------------------------------------------------------
     def store(self, item: Dataset | Path) -> StoreResult:

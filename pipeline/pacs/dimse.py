@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context, build_role
 from pynetdicom.sop_class import (
@@ -23,8 +23,6 @@ from pynetdicom.sop_class import (
 
 from pipeline.pacs.base import (
     answers,
-    LABEL_MAP_SEGMENTATION_STORAGE,
-    SEGMENTATION_STORAGE,
     InstanceRef,
     PacsAccessDenied,
     PacsAssociationRejected,
@@ -33,33 +31,21 @@ from pipeline.pacs.base import (
     PacsUnreachable,
     StoreResult,
     StudyFilters,
-    instance_path,
     load_dataset,
     split_modalities,
-    write_atomically,
 )
 from pipeline.pacs.config import PacsSettings, env_name
+from pipeline.pacs.dimse_receiver import (
+    RETRIEVE_TRANSFER_SYNTAXES,
+    InstanceReceiver,
+    storage_context,
+    storage_scp_contexts,
+)
+from pipeline.sop_classes import LABEL_MAP_SEGMENTATION_STORAGE
 from pipeline.studies import DateWindow, FetchedStudy, StudyRef
 
 log = logging.getLogger(__name__)
 
-# Transfer syntaxes offered for retrieval, one presentation context each, so the PACS can send every
-# instance as stored instead of transcoding (it may not have the codec, e.g. JPEG 2000).
-RETRIEVE_TRANSFER_SYNTAXES = (
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (old ultrasound archives)
-    "1.2.840.10008.1.2.1.99",  # Deflated
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-)
 _UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.2"}
 # Objects derived from images (ours among them); a retrieve may go without them, the pipeline reads images.
 DERIVED_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "REG"})
@@ -81,23 +67,6 @@ _REJECT_REASONS = {
 
 def _status_code(status: Dataset) -> int | None:
     return int(status.Status) if status is not None and "Status" in status else None
-
-
-def storage_context(sop_class_uid: str, transfer_syntaxes: list[str] | tuple[str, ...]) -> PresentationContext:
-    return build_context(sop_class_uid, list(transfer_syntaxes))
-
-
-def storage_scp_contexts() -> list[PresentationContext]:
-    """What our own Storage SCP (C-MOVE destination) accepts: every storage SOP class, any syntax.
-
-    LABELMAP SEG is not among pynetdicom's storage contexts, so it is added explicitly.
-    """
-    contexts = [build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
-    known = {cx.abstract_syntax for cx in contexts}
-    for uid in (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE):
-        if uid not in known:
-            contexts.append(build_context(uid, ALL_TRANSFER_SYNTAXES))
-    return contexts
 
 
 class DimseArchive:
@@ -329,7 +298,7 @@ class DimseArchive:
             raise PacsOperationError(f"study {study.study_uid} has {len(sop_classes)} SOP classes; C-GET can "
                                      f"negotiate at most {_MAX_CONTEXTS - 1}; use C-MOVE ({env_name('retrieve')}=move)")
         roles = [build_role(uid, scp_role=True) for uid in sop_classes]
-        receiver = _InstanceReceiver(Path(dest_dir), study.study_uid)
+        receiver = InstanceReceiver(Path(dest_dir), study.study_uid)
         handlers = [(evt.EVT_C_STORE, receiver.handle)]
         with self._association(contexts, "C-GET", roles=roles, handlers=handlers) as assoc:
             responses = assoc.send_c_get(self._study_query(study.study_uid), StudyRootQueryRetrieveInformationModelGet)
@@ -340,7 +309,7 @@ class DimseArchive:
         """C-MOVE: the PACS opens an association to our Storage SCP (started for this fetch only)."""
         s = self.settings
         instances = self.list_instances(study.study_uid)
-        receiver = _InstanceReceiver(Path(dest_dir), study.study_uid)
+        receiver = InstanceReceiver(Path(dest_dir), study.study_uid)
         scp = AE(ae_title=s.move_destination)
         scp.supported_contexts = storage_scp_contexts()
         scp.network_timeout = scp.acse_timeout = scp.dimse_timeout = s.timeout_s
@@ -380,7 +349,7 @@ class DimseArchive:
         raise self._operation_error(f"{purpose} study {study.study_uid}", None, None,
                                     aborted=self._peer_gave_up(started))
 
-    def _fetched(self, study: StudyRef, receiver: "_InstanceReceiver", purpose: str,
+    def _fetched(self, study: StudyRef, receiver: "InstanceReceiver", purpose: str,
                  instances: list[InstanceRef], failed: int) -> FetchedStudy:
         if receiver.refused:
             log.warning("%s %s: refused %d instance(s) of other studies", purpose, study.study_uid, receiver.refused)
@@ -398,7 +367,9 @@ class DimseArchive:
         if not receiver.files:
             raise PacsOperationError(f"{purpose} of study {study.study_uid} from {self.address} returned no instances")
         log.info("%s %s: %d instances", purpose, study.study_uid, len(receiver.files))
-        return FetchedStudy(ref=study, files=sorted(receiver.files))
+        return FetchedStudy(ref=study, files=sorted(receiver.files),
+                            origins={f: f"dimse://{self.settings.called_aet}@{self.address}/{study.study_uid}/{f.stem}"
+                                     for f in receiver.files})
 
     # -- store -------------------------------------------------------------------------------
     def store(self, item: Dataset | Path) -> StoreResult:
@@ -424,35 +395,6 @@ class DimseArchive:
         log.info("C-STORE %s to %s: ok%s", ds.SOPInstanceUID, self.address, f" ({warning})" if warning else "")
         return StoreResult(sop_uid=str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
                            destination=f"dimse://{self.settings.called_aet}@{self.address}", warning=warning)
-
-
-class _InstanceReceiver:
-    """C-STORE handler for C-GET and C-MOVE: writes each instance of the expected study as it arrives."""
-
-    def __init__(self, dest_dir: Path, study_uid: str) -> None:
-        self.dest_dir = dest_dir
-        self.study_uid = study_uid
-        self.files: list[Path] = []
-        self.refused = 0
-        self._lock = threading.Lock()  # the SCP may run handlers on several association threads
-
-    def handle(self, event: evt.Event) -> int:
-        try:
-            ds = event.dataset
-            study_uid = str(ds.get("StudyInstanceUID", ""))
-            if study_uid != self.study_uid:
-                with self._lock:
-                    self.refused += 1
-                return 0xA900  # never mix studies
-            path = instance_path(self.dest_dir, study_uid, str(event.request.AffectedSOPInstanceUID))
-            write_atomically(event.encoded_dataset(include_meta=True), path)
-        except Exception:  # noqa: BLE001 - a failed write is reported to the sender as a failure status
-            log.exception("could not write a received instance")
-            return 0xA700
-        with self._lock:
-            if path not in self.files:
-                self.files.append(path)
-        return 0x0000
 
 
 def _probe_tcp(host: str, port: int, timeout: float) -> str:

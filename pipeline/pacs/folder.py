@@ -12,6 +12,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from pipeline.dicom_file import write_dicom_file
 from pipeline.pacs.base import (
     answers,
     InstanceRef,
@@ -20,7 +21,6 @@ from pipeline.pacs.base import (
     StoreResult,
     StudyFilters,
     instance_path,
-    write_atomically,
 )
 from pipeline.studies import DateWindow, FetchedStudy, StudyRef
 
@@ -119,7 +119,7 @@ class FolderArchive:
         paths = self._index.get(study.study_uid)
         if paths is None:
             paths = [h.path for h in scan(self._require_inbox()) if h.instance.study_uid == study.study_uid]
-        files = []
+        files, origins = [], {}
         for source in paths:
             header = read_header(source)
             if header is None or header.instance.study_uid != study.study_uid:
@@ -127,10 +127,11 @@ class FolderArchive:
             target = instance_path(Path(dest_dir), study.study_uid, header.instance.sop_uid)
             _link_or_copy(source, target)
             files.append(target)
+            origins[target] = str(source)
         if not files:
             raise PacsOperationError(f"study {study.study_uid} has no instances in {self.inbox}")
         log.info("folder fetch %s: %d instances", study.study_uid, len(files))
-        return FetchedStudy(ref=study, files=sorted(files))
+        return FetchedStudy(ref=study, files=sorted(files), origins=origins)
 
     def list_instances(self, study_uid: str, modality: str | None = None) -> list[InstanceRef]:
         """Instances of a study in the inbox and the outbox together (the folder's whole archive)."""
@@ -148,13 +149,13 @@ class FolderArchive:
         outbox = self._require_outbox()
         if isinstance(item, Dataset):
             study_uid, sop_uid = item.StudyInstanceUID, item.SOPInstanceUID
-            target = write_atomically(item, instance_path(outbox, study_uid, sop_uid))
+            target = write_dicom_file(item, instance_path(outbox, study_uid, sop_uid))
         else:
             header = read_header(Path(item))
             if header is None:
                 raise PacsOperationError(f"{item} is not a DICOM file with Study/SOP Instance UIDs")
             study_uid, sop_uid = header.instance.study_uid, header.instance.sop_uid
-            target = write_atomically(Path(item).read_bytes(), instance_path(outbox, study_uid, sop_uid))
+            target = write_dicom_file(Path(item).read_bytes(), instance_path(outbox, study_uid, sop_uid))
         log.info("folder store %s (study %s)", sop_uid, study_uid)
         return StoreResult(sop_uid=str(sop_uid), study_uid=str(study_uid), destination=str(target))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from pipeline.ledger import Ledger
+from pipeline.dicom_file import write_dicom_file
 from pipeline.pacs.base import (
     PacsError,
     PacsUnreachable,
@@ -26,7 +27,6 @@ from pipeline.pacs.base import (
     StoreResult,
     instance_path,
     load_dataset,
-    write_atomically,
 )
 from pipeline.pacs.config import RetryPolicy
 from pipeline.pacs.folder import read_header, scan
@@ -54,13 +54,13 @@ class Outbox:
         """Keep a SEG (atomically; the same SOP Instance UID replaces the earlier file)."""
         if isinstance(seg, Dataset):
             study_uid, sop_uid = str(seg.StudyInstanceUID), str(seg.SOPInstanceUID)
-            path = write_atomically(seg, instance_path(self.directory, study_uid, sop_uid))
+            path = write_dicom_file(seg, instance_path(self.directory, study_uid, sop_uid))
         else:
             header = read_header(Path(seg))
             if header is None:
                 raise ValueError(f"{seg} is not a DICOM file with Study/SOP Instance UIDs")
             study_uid, sop_uid = header.instance.study_uid, header.instance.sop_uid
-            path = write_atomically(Path(seg).read_bytes(), instance_path(self.directory, study_uid, sop_uid))
+            path = write_dicom_file(Path(seg).read_bytes(), instance_path(self.directory, study_uid, sop_uid))
         return OutboxItem(path=path, study_uid=study_uid, sop_uid=sop_uid)
 
     def items(self) -> list[OutboxItem]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+from pydicom.uid import UltrasoundImageStorage
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.encaps import encapsulate
@@ -20,7 +21,6 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
 
 def single_frame_view(header: Dataset) -> Dataset:
@@ -29,7 +29,7 @@ def single_frame_view(header: Dataset) -> Dataset:
     Every reference to this stand-in SOP class is replaced by the real one afterwards.
     """
     view = copy.deepcopy(header)
-    view.SOPClassUID = US_IMAGE_STORAGE
+    view.SOPClassUID = UltrasoundImageStorage
     for keyword in ("NumberOfFrames", "FrameIncrementPointer", "FrameTime", "FrameTimeVector"):
         if keyword in view:
             delattr(view, keyword)
@@ -129,6 +129,6 @@ def expand_to_cine(
         segment_major = np.ascontiguousarray(np.moveaxis(masks, 3, 0)).astype(np.uint8)
         seg.PixelData = pack_bits(segment_major.ravel(), pad=True)
 
-    if US_IMAGE_STORAGE in _uid_values(seg) and source_sop_class_uid != US_IMAGE_STORAGE:
+    if UltrasoundImageStorage in _uid_values(seg) and source_sop_class_uid != UltrasoundImageStorage:
         raise RuntimeError("the stand-in US Image SOP class leaked into the cine SEG")
     return seg

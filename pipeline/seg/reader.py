@@ -6,20 +6,9 @@ import os
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from pipeline.decode import suppress_dicom_warnings
-
-
-def _referenced_frame_numbers(seg: Dataset, source_sop_uid: str) -> list[int]:
-    numbers: set[int] = set()
-    for item in seg.PerFrameFunctionalGroupsSequence:
-        for derivation in item.get("DerivationImageSequence", []):
-            for ref in derivation.get("SourceImageSequence", []):
-                if ref.ReferencedSOPInstanceUID == source_sop_uid and "ReferencedFrameNumber" in ref:
-                    value = ref.ReferencedFrameNumber
-                    numbers.update(int(v) for v in (value if isinstance(value, MultiValue) else [value]))
-    return sorted(numbers)
+from pipeline.seg.header import referenced_frame_numbers
 
 
 def read_seg_masks(seg: str | os.PathLike[str] | Dataset, source_sop_uid: str) -> np.ndarray:
@@ -36,7 +25,7 @@ def read_seg_masks(seg: str | os.PathLike[str] | Dataset, source_sop_uid: str) -
             segmentation = hd.seg.segread(seg)
     # LABELMAP SEGs also describe segment 0 (background), which is not a class
     segment_numbers = [n for n in segmentation.segment_numbers if n > 0]
-    frame_numbers = _referenced_frame_numbers(segmentation, source_sop_uid)
+    frame_numbers = list(referenced_frame_numbers(segmentation, source_sop_uid))
     if frame_numbers:
         pixels = segmentation.get_pixels_by_source_frame(
             source_sop_instance_uid=source_sop_uid,

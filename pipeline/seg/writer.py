@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import enum
 import logging
 import os
 from dataclasses import dataclass
@@ -10,18 +9,19 @@ from importlib import metadata
 from pathlib import Path
 
 import highdicom as hd
+from highdicom.seg import SegmentationTypeValues
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from pydicom.valuerep import DA, TM
 
-from pipeline.atomic import write_file_atomically
 from pipeline.calibration import Calibration
 from pipeline.decode import suppress_dicom_warnings
+from pipeline.dicom_file import write_dicom_file
 from pipeline.ingest import UsInstance
 from pipeline.seg.cine import expand_to_cine, single_frame_view
-from pipeline.seg.model_card import ModelCard, SegmentClass, segment_classes_for
+from pipeline.seg.algorithm import SegAlgorithm, SegmentClass, segment_classes_for
 from pipeline.seg.uids import SegUids, derive_seg_uids
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,8 @@ MANUFACTURER = "Sam2Rad Pipeline"
 _PROCESSING_EQUIPMENT = hd.sr.CodedConcept("109102", "DCM", "Processing Equipment")
 
 
-class SegmentationType(str, enum.Enum):
-    BINARY = "BINARY"
-    LABELMAP = "LABELMAP"
+# highdicom also knows FRACTIONAL; the model's masks are binary, so the writer makes these two.
+SUPPORTED_SEGMENTATION_TYPES = (SegmentationTypeValues.BINARY, SegmentationTypeValues.LABELMAP)
 
 
 def _pipeline_version() -> str:
@@ -53,7 +52,7 @@ class WrittenSeg:
     series_number: int
     source_sop_uid: str
     n_frames: int
-    segmentation_type: SegmentationType
+    segmentation_type: SegmentationTypeValues
 
 
 def normalise_masks(masks: np.ndarray, source: UsInstance, n_classes: int) -> np.ndarray:
@@ -136,11 +135,6 @@ def source_view(source: UsInstance) -> Dataset:
     return view
 
 
-def atomic_save(dataset: Dataset, path: Path) -> None:
-    """Write next to the target and rename: readers see the old file or the whole new one, never a part."""
-    write_file_atomically(dataset, path)
-
-
 def remove_partial_files(out_dir: str | os.PathLike[str]) -> int:
     """Delete temp files a killed writer left behind (hidden '.<name>.partial'); returns how many.
 
@@ -162,50 +156,52 @@ class SegWriter:
 
     def __init__(
         self,
-        model_card: ModelCard,
+        algorithm: SegAlgorithm,
         *,
-        segmentation_type: SegmentationType | str = SegmentationType.BINARY,
+        segmentation_type: SegmentationTypeValues | str = SegmentationTypeValues.BINARY,
         segment_classes: dict[str, SegmentClass] | None = None,
         manufacturer: str = MANUFACTURER,
         device_serial_number: str = "0",
         slice_thickness_mm: float = 1.0,
     ) -> None:
-        if not isinstance(model_card, ModelCard):
-            raise TypeError(f"model_card must be a ModelCard, got {type(model_card).__name__}")
+        if not isinstance(algorithm, SegAlgorithm):
+            raise TypeError(f"algorithm must be a SegAlgorithm, got {type(algorithm).__name__}")
         if slice_thickness_mm <= 0:
             raise ValueError("slice_thickness_mm must be positive")
-        self.model_card = model_card
-        self.segmentation_type = SegmentationType(segmentation_type)
-        self.segment_classes = segment_classes_for(model_card, segment_classes)
+        self.algorithm = algorithm
+        self.segmentation_type = SegmentationTypeValues(segmentation_type)
+        if self.segmentation_type not in SUPPORTED_SEGMENTATION_TYPES:
+            raise ValueError(f"segmentation_type must be BINARY or LABELMAP, got {self.segmentation_type.value}")
+        self.segment_classes = segment_classes_for(algorithm, segment_classes)
         self.manufacturer = manufacturer
         self.device_serial_number = device_serial_number
         self.slice_thickness_mm = slice_thickness_mm
         # BINARY frames are bit-packed and must stay uncompressed; a LABELMAP spends a byte per
         # pixel, so it is RLE-compressed (lossless; masks are mostly runs).
         self.transfer_syntax_uid = (
-            RLELossless if self.segmentation_type is SegmentationType.LABELMAP else ExplicitVRLittleEndian
+            RLELossless if self.segmentation_type is SegmentationTypeValues.LABELMAP else ExplicitVRLittleEndian
         )
 
     # -- pieces -----------------------------------------------------------------------------
 
     def uids_for(self, source: UsInstance) -> SegUids:
         return derive_seg_uids(
-            source.series_uid, source.sop_uid, self.model_card.fingerprint, self.segmentation_type.value
+            source.series_uid, source.sop_uid, self.algorithm.fingerprint, self.segmentation_type.value
         )
 
     def _algorithm(self) -> hd.AlgorithmIdentificationSequence:
         return hd.AlgorithmIdentificationSequence(
-            name=self.model_card.name,
+            name=self.algorithm.name,
             family=codes.cid7162.ArtificialIntelligence,
-            version=self.model_card.version,
-            parameters=self.model_card.algorithm_parameters(),
+            version=self.algorithm.version,
+            parameters=self.algorithm.algorithm_parameters(),
         )
 
     def _segment_descriptions(self) -> list[hd.seg.SegmentDescription]:
         algorithm = self._algorithm()
         algorithm_type = (
             hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
-            if self.model_card.mode == "auto"
+            if self.algorithm.mode == "auto"
             else hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
         )
         return [
@@ -222,7 +218,7 @@ class SegWriter:
         ]
 
     def _contributing_equipment(self) -> hd.ContributingEquipment:
-        card = self.model_card
+        card = self.algorithm
         return hd.ContributingEquipment(
             manufacturer=self.manufacturer,
             purpose_of_reference=_PROCESSING_EQUIPMENT,
@@ -237,14 +233,14 @@ class SegWriter:
         """The SEG for `source`; masks are (frames, rows, cols, classes) bool at full-frame size."""
         masks = normalise_masks(masks, source, len(self.segment_classes))
         uids = self.uids_for(source)
-        labelmap = self.segmentation_type is SegmentationType.LABELMAP
+        labelmap = self.segmentation_type is SegmentationTypeValues.LABELMAP
         if labelmap and (masks.sum(axis=-1) > 1).any():
             raise ValueError("classes overlap; a LABELMAP SEG cannot store overlapping segments (use BINARY)")
         # highdicom builds a one-frame SEG; a cine gets its other frames in expand_to_cine.
         first_frame = masks[:1]
         pixel_array = np.stack([_labels(m) for m in first_frame]) if labelmap else first_frame
 
-        card = self.model_card
+        card = self.algorithm
         with suppress_dicom_warnings() as caught:
             # highdicom and pydicom quote attribute values (e.g. the patient's name) in warnings.
             header = source_view(source)
@@ -286,7 +282,7 @@ class SegWriter:
         # General Image: PatientOrientation is Type 2C, required when there is no
         # ImageOrientationPatient, which ultrasound lacks; empty is allowed, the source's value is better.
         seg.PatientOrientation = source.header.get("PatientOrientation", None) or ""
-        card = self.model_card
+        card = self.algorithm
         seg.SeriesDescription = f"SEG {card.name} {card.mode}"[:64]
 
     def write(self, source: UsInstance, masks: np.ndarray, out_dir: str | os.PathLike[str]) -> WrittenSeg:
@@ -294,7 +290,7 @@ class SegWriter:
         seg = self.build(source, masks)
         path = Path(out_dir) / f"{seg.SOPInstanceUID}.dcm"
         with suppress_dicom_warnings():
-            atomic_save(seg, path)
+            write_dicom_file(seg, path)
         log.info("wrote SEG %s for source %s (%d frames)", seg.SOPInstanceUID, source.sop_uid, int(seg.NumberOfFrames))
         return WrittenSeg(
             path=path,
@@ -310,12 +306,12 @@ class SegWriter:
 def write_seg(
     source: UsInstance,
     masks: np.ndarray,
-    model_card: ModelCard,
+    algorithm: SegAlgorithm,
     out_dir: str | os.PathLike[str],
     *,
-    segmentation_type: SegmentationType | str = SegmentationType.BINARY,
+    segmentation_type: SegmentationTypeValues | str = SegmentationTypeValues.BINARY,
     segment_classes: dict[str, SegmentClass] | None = None,
 ) -> WrittenSeg:
-    """One-call form of SegWriter(model_card, ...).write(source, masks, out_dir)."""
-    writer = SegWriter(model_card, segmentation_type=segmentation_type, segment_classes=segment_classes)
+    """One-call form of SegWriter(algorithm, ...).write(source, masks, out_dir)."""
+    writer = SegWriter(algorithm, segmentation_type=segmentation_type, segment_classes=segment_classes)
     return writer.write(source, masks, out_dir)

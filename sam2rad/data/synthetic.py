@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from sam2rad.data.synthetic_surfaces import bone_surface, smooth_noise
+from sam2rad.data.synthetic_text import burn_in_text
+
 ANATOMIES: tuple[str, ...] = ("hip", "wrist", "shoulder")
 FIELDS_OF_VIEW: tuple[str, ...] = ("linear", "sector")
 
@@ -129,101 +132,6 @@ def _box(h: int, w: int, region: tuple[int, int, int, int]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Bone surfaces: depth of the surface as a function of lateral position, on a 1-D grid.
-
-
-@dataclass(frozen=True)
-class _Surface:
-    depth: np.ndarray  # surface depth (px) at each grid point
-    present: np.ndarray  # bool, bone present at each grid point
-    gain: np.ndarray  # echo strength multiplier at each grid point
-
-
-def _smooth_noise(rng: np.random.Generator, n: int, knots: int) -> np.ndarray:
-    """Smooth random curve of length n, roughly unit amplitude."""
-    k = rng.standard_normal(knots)
-    return np.interp(np.linspace(0, knots - 1, n), np.arange(knots), k)
-
-
-def _hip(rng: np.random.Generator, u: np.ndarray, lat: float, dep: float):
-    # Femoral head: a dome (upper part of a circle) running into the neck, which flattens out;
-    # optionally the acetabular rim as a separate, shallower bone on the other side.
-    radius = dep * rng.uniform(0.22, 0.38)
-    apex = dep * rng.uniform(0.30, 0.50)
-    centre = lat * rng.uniform(0.38, 0.55)
-    a_neck = np.deg2rad(rng.uniform(45, 62))
-    a_rim = np.deg2rad(rng.uniform(35, 60))
-    u_neck = centre + radius * np.sin(a_neck)
-    u_rim = centre - radius * np.sin(a_rim)
-    dx = np.clip(u - centre, -radius * 0.999, radius * 0.999)
-    z = apex + radius - np.sqrt(radius**2 - dx**2)
-    z_neck = apex + radius - radius * np.cos(a_neck)
-    length = lat * rng.uniform(0.08, 0.2)
-    beyond = np.maximum(u - u_neck, 0)
-    z = np.where(u > u_neck, z_neck + np.tan(a_neck) * length * (1 - np.exp(-beyond / length)), z)
-    present = u >= u_rim
-    if rng.random() < 0.6:  # acetabular rim, descending towards the head
-        gap = lat * rng.uniform(0.04, 0.1)
-        end = u_rim - gap
-        if end > lat * 0.12:
-            rim_z = apex - dep * rng.uniform(-0.02, 0.1) + (u - end) * rng.uniform(0.1, 0.4)
-            rim = u <= end
-            z = np.where(rim, rim_z, z)
-            present = present | (rim & (u >= lat * rng.uniform(0.0, 0.08)))
-    return z, present
-
-
-def _wrist(rng: np.random.Generator, u: np.ndarray, lat: float, dep: float):
-    # Distal radius/ulna: two flat-ish cortices at different depths joined by a step, or separated by
-    # a gap (two bones); sometimes a tubercle (Lister's) on the wider one.
-    z1 = dep * rng.uniform(0.3, 0.55)
-    z2 = z1 + dep * rng.uniform(0.08, 0.2) * rng.choice([-1.0, 1.0])
-    step = lat * rng.uniform(0.35, 0.65)
-    width = lat * rng.uniform(0.01, 0.04)
-    z = z1 + (z2 - z1) / (1 + np.exp(-(u - step) / width))
-    z += (u - lat / 2) * rng.uniform(-0.12, 0.12)
-    present = (u >= lat * rng.uniform(0, 0.08)) & (u <= lat * (1 - rng.uniform(0, 0.08)))
-    if rng.random() < 0.5:
-        gap = lat * rng.uniform(0.04, 0.12)
-        present &= np.abs(u - step) > gap / 2
-    if rng.random() < 0.5:
-        where = lat * (rng.uniform(0.12, 0.28) if step > lat / 2 else rng.uniform(0.72, 0.88))
-        z -= dep * rng.uniform(0.02, 0.05) * np.exp(-(((u - where) / (lat * 0.04)) ** 2))
-    return z, present
-
-
-def _shoulder(rng: np.random.Generator, u: np.ndarray, lat: float, dep: float):
-    # Humeral head: a broad convex curve; often the bicipital groove as a dip beside a tuberosity.
-    radius = dep * rng.uniform(0.6, 1.3)
-    apex = dep * rng.uniform(0.3, 0.5)
-    centre = lat * rng.uniform(0.3, 0.7)
-    dx = np.clip(u - centre, -radius * 0.9, radius * 0.9)
-    z = apex + radius - np.sqrt(radius**2 - dx**2)
-    if rng.random() < 0.6:
-        where = centre + lat * rng.uniform(0.15, 0.3) * rng.choice([-1.0, 1.0])
-        z += dep * rng.uniform(0.03, 0.07) * np.exp(-(((u - where) / (lat * rng.uniform(0.025, 0.045))) ** 2))
-    present = (u >= lat * rng.uniform(0, 0.06)) & (u <= lat * (1 - rng.uniform(0, 0.06)))
-    present &= np.abs(u - centre) <= radius * 0.85
-    return z, present
-
-
-_SHAPES = {"hip": _hip, "wrist": _wrist, "shoulder": _shoulder}
-
-
-def _surface(rng: np.random.Generator, anatomy: str, u: np.ndarray, lat: float, dep: float) -> _Surface:
-    z, present = _SHAPES[anatomy](rng, u, lat, dep)
-    if rng.random() < 0.5:  # anatomy seen from either side
-        z, present = z[::-1].copy(), present[::-1].copy()
-    z = z + dep * 0.012 * _smooth_noise(rng, u.size, 6)  # cortical irregularity
-    z = np.clip(z, dep * 0.12, dep * 0.85)
-    slope = np.gradient(z, u)
-    # Specular reflection: steep parts of the surface send less echo back to the probe.
-    specular = 0.4 + 0.6 / (1 + (1.5 * slope) ** 2)
-    gain = specular * rng.uniform(0.8, 1.0) * (1 + 0.15 * _smooth_noise(rng, u.size, 9))
-    return _Surface(z.astype(np.float32), present, gain.astype(np.float32))
-
-
-# --------------------------------------------------------------------------------------------------
 # Rendering.
 
 
@@ -248,7 +156,7 @@ def _echogenicity(rng, geo: _Geometry, anatomy: str, mm: float, thick: float):
     def on_map(profile: np.ndarray) -> np.ndarray:  # 1-D lateral profile -> per-pixel map
         return np.asarray(profile, dtype=np.float32)[idx]
 
-    surf = _surface(rng, anatomy, u, lat, dep)
+    surf = bone_surface(rng, anatomy, u, lat, dep)
     bone_top = float(surf.depth[surf.present].min()) if surf.present.any() else dep * 0.5
 
     # Soft-tissue layers above the bone: skin, subcutaneous fat, one or two muscle layers.
@@ -256,7 +164,7 @@ def _echogenicity(rng, geo: _Geometry, anatomy: str, mm: float, thick: float):
     n_bounds = int(rng.integers(1, 3))
     fracs = np.sort(rng.uniform(0.2, 0.8, n_bounds))
     bounds = [
-        on_map(bone_top * f + dep * 0.02 * _smooth_noise(rng, u.size, 4) + (u - lat / 2) * rng.uniform(-0.08, 0.08))
+        on_map(bone_top * f + dep * 0.02 * smooth_noise(rng, u.size, 4) + (u - lat / 2) * rng.uniform(-0.08, 0.08))
         for f in fracs
     ]
     levels = [rng.uniform(0.45, 0.75)] + [rng.uniform(0.75, 1.2) for _ in bounds]
@@ -283,7 +191,7 @@ def _echogenicity(rng, geo: _Geometry, anatomy: str, mm: float, thick: float):
     dz = z - bz
     present = on_map(surf.present.astype(np.float32)) > 0.5
     soft_present = on_map(ndimage.gaussian_filter1d(surf.present.astype(np.float32), lat * 0.012 * _GRID_PER_PX))
-    half = np.float32(0.5 * thick) * (1 + 0.2 * on_map(_smooth_noise(rng, u.size, 5))).clip(0.6, 1.4)
+    half = np.float32(0.5 * thick) * (1 + 0.2 * on_map(smooth_noise(rng, u.size, 5))).clip(0.6, 1.4)
 
     _anatomy_tissue(rng, anatomy, amp, dz, half, present, mm, lu, lat)
 
@@ -356,62 +264,6 @@ def _depth_gain_db(rng, geo: _Geometry, depth_mm: float, freq: float) -> np.ndar
 
 
 # --------------------------------------------------------------------------------------------------
-# Burned-in text: 3x5 block glyphs, drawn only in the border outside the imaging region.
-
-_GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
-    "8": "111101111101111", "9": "111101111001111", "A": "010101111101101", "B": "110101110101110",
-    "C": "011100100100011", "D": "110101101101110", "E": "111100110100111", "F": "111100110100100",
-    "G": "011100101101011", "H": "101101111101101", "I": "111010010010111", "K": "101101110101101",
-    "L": "100100100100111", "M": "101111111101101", "N": "110101101101101", "O": "010101101101010",
-    "P": "110101110100100", "R": "110101110101101", "S": "011100010001110", "T": "111010010010010",
-    "U": "101101101101111", "V": "101101101101010", "W": "101101111111101", "X": "101101010101101",
-    "Z": "111001010100111", ":": "000010000010000", ".": "000000000000010", "-": "000000111000000",
-    "/": "001001010100100", " ": "000000000000000",
-}
-
-
-def _draw_text(image: np.ndarray, text: str, x: int, y: int, scale: int, value: int, limit_x: int) -> None:
-    for ch in text:
-        if x + 3 * scale > limit_x:
-            return
-        bits = np.array([int(b) for b in _GLYPHS.get(ch, _GLYPHS[" "])], dtype=bool).reshape(5, 3)
-        block = np.kron(bits, np.ones((scale, scale), dtype=bool))
-        image[y : y + 5 * scale, x : x + 3 * scale][block] = value
-        x += 4 * scale
-
-
-def _burn_in(rng, image: np.ndarray, region, anatomy: str, depth_mm: float, freq: float, spacing: float) -> None:
-    h, w = image.shape
-    x0, y0, x1, y1 = region
-    scale = max(1, min(h // 128, (y0 - 2) // 7))
-    if y0 < 5 * scale + 2:
-        return  # no room above the image
-    value = int(rng.integers(180, 256))
-    side = rng.choice(["L", "R"])
-    left = rng.choice(
-        [f"{anatomy.upper()} {side}", f"{freq:.0f}MHZ {anatomy.upper()}", f"ID {rng.integers(1000, 99999)}"]
-    )
-    right = rng.choice(
-        [
-            f"MI {rng.uniform(0.2, 1.4):.1f} TIS {rng.uniform(0.1, 1.0):.1f}",
-            f"D{depth_mm / 10:.1f}CM G{rng.integers(30, 80)}",
-            f"20{rng.integers(10, 30)}-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}",
-        ]
-    )
-    ty = max(1, (y0 - 5 * scale) // 2)
-    _draw_text(image, left, max(1, x0), ty, scale, value, w // 2)
-    width = 4 * scale * len(right)
-    _draw_text(image, right, max(w // 2 + 2 * scale, w - width - 1), ty, scale, value, w)
-    # Depth ruler: dots every 10 mm in the right border, if there is one.
-    if w - x1 >= scale + 2:
-        step = 10.0 / spacing
-        for k in range(1, int((y1 - y0) / step) + 1):
-            yy = int(y0 + k * step)
-            image[yy : yy + scale, x1 + 1 : x1 + 1 + scale] = value
-
-
 # --------------------------------------------------------------------------------------------------
 # Public API.
 
@@ -471,7 +323,7 @@ def generate(
     image = (grey * 255 + 0.5).astype(np.uint8)
     image[~geo.inside] = 0
     if text:
-        _burn_in(np.random.default_rng(text_ss), image, geo.region, anat, depth_mm, freq, mm)
+        burn_in_text(np.random.default_rng(text_ss), image, geo.region, anat, depth_mm, freq, mm)
     return SyntheticSample(
         image=image,
         mask=mask,

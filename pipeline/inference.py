@@ -15,8 +15,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from pipeline.ingest import UsInstance, iter_frames
-from pipeline.metrics import InstanceMetrics, PredictedBox
-from pipeline.seg import ModelCard, SegWriter, WrittenSeg
+from pipeline.run_tables import InstanceMetrics, PredictedBox
+from pipeline.seg import SegAlgorithm, SegWriter, WrittenSeg
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class InstanceOutcome:
     n_frames: int
 
 
-def model_card_for(model, mode: str = "auto", name: str = "Sam2Rad") -> ModelCard:
+def seg_algorithm_for(model, mode: str = "auto", name: str = "Sam2Rad") -> SegAlgorithm:
     """The SEG's algorithm identity, from the loaded checkpoint (its card and sha256)."""
     from sam2rad.checkpoint import describe
 
@@ -51,7 +51,7 @@ def model_card_for(model, mode: str = "auto", name: str = "Sam2Rad") -> ModelCar
     from sam2rad import __version__
 
     # The model's version, not the code's git revision: a deploy must not re-segment the archive.
-    return ModelCard(name=name, version=__version__, backbone_fingerprint=info["backbone_fingerprint"],
+    return SegAlgorithm(name=name, version=__version__, backbone_fingerprint=info["backbone_fingerprint"],
                      checkpoint_sha256=sha, mode=mode, class_names=tuple(info["class_names"]))
 
 
@@ -101,12 +101,12 @@ def segment_instance(instance: UsInstance, model: SegmentationModel, writer: Seg
     try:
         masks, box, confidence = predict_instance(instance, model, mode, batch_size, batch_guard)
         seg = None if dry_run else writer.write(instance, masks, out_dir)
-        row = InstanceMetrics.for_result(instance, masks, writer.model_card, time.perf_counter() - start,
+        row = InstanceMetrics.for_result(instance, masks, writer.algorithm, time.perf_counter() - start,
                                          box=box, confidence=confidence, seg=seg)
         return InstanceOutcome(row, seg, instance.n_frames)
     except MemoryError:
         raise  # not a property of this instance: let the orchestrator decide (never retried blindly)
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the batch
         log.warning("instance %s failed: %s: %s", instance.sop_uid, type(exc).__name__, exc)
-        row = InstanceMetrics.for_failure(instance, exc, writer.model_card, time.perf_counter() - start)
+        row = InstanceMetrics.for_failure(instance, exc, writer.algorithm, time.perf_counter() - start)
         return InstanceOutcome(row, None, instance.n_frames)

@@ -1,4 +1,4 @@
-"""Per-instance and per-study tables of a run, written as Parquet and CSV.
+"""The nightly run's tables: one row per instance and per study, written as Parquet and CSV.
 
 Rows carry UIDs, counts and measurements only: no patient names, IDs or dates (no PHI), so the
 tables can be shared with the people who audit the model.
@@ -8,17 +8,16 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline.calibration import Calibration
 from pipeline.ingest import IngestIssue, IssueKind, UsInstance
-from pipeline.seg.model_card import ModelCard
+from pipeline.seg.algorithm import SegAlgorithm
 from pipeline.seg.writer import WrittenSeg
-from pipeline.atomic import replace_atomically
+from pipeline.tables import rows_to_frame, write_table
 
 
 class RowStatus(str, enum.Enum):
@@ -116,7 +115,7 @@ class InstanceMetrics:
         cls,
         instance: UsInstance,
         masks: np.ndarray,
-        model_card: ModelCard,
+        algorithm: SegAlgorithm,
         runtime_s: float,
         *,
         box: PredictedBox | None = None,
@@ -125,21 +124,9 @@ class InstanceMetrics:
     ) -> "InstanceMetrics":
         """The row of an instance the model segmented (and, given `seg`, whose SEG was written)."""
         areas = mask_areas(masks, instance.calibration)
-        cal = instance.calibration
         return cls(
-            study_uid=instance.study_uid,
-            series_uid=instance.series_uid,
-            sop_uid=instance.sop_uid,
-            path=str(instance.path) if instance.path else None,
+            **_instance_columns(instance, algorithm, runtime_s),
             status=RowStatus.OK.value,
-            error_code=None,
-            error=None,
-            n_frames=instance.n_frames,
-            calibration_source=cal.source.value,
-            row_spacing_mm=cal.row_spacing_mm,
-            column_spacing_mm=cal.column_spacing_mm,
-            mode=model_card.mode,
-            model_fingerprint=model_card.fingerprint,
             mask_area_mean=areas.mean,
             mask_area_max=areas.max,
             area_unit=areas.unit,
@@ -149,14 +136,13 @@ class InstanceMetrics:
             box_x1=box.x1 if box else None,
             box_y1=box.y1 if box else None,
             confidence=None if confidence is None else float(confidence),
-            runtime_s=float(runtime_s),
             seg_sop_uid=seg.sop_uid if seg else None,
             seg_series_uid=seg.series_uid if seg else None,
         )
 
     @classmethod
     def for_issue(
-        cls, issue: IngestIssue, model_card: ModelCard | None = None, runtime_s: float | None = None
+        cls, issue: IngestIssue, algorithm: SegAlgorithm | None = None, runtime_s: float | None = None
     ) -> "InstanceMetrics":
         """The row of a file that was skipped or failed (ingest, decode, model or SEG writing)."""
         status = RowStatus.SKIPPED if issue.kind is IssueKind.SKIPPED else RowStatus.FAILED
@@ -168,8 +154,8 @@ class InstanceMetrics:
             status=status.value,
             error_code=issue.code.value,
             error=issue.reason,
-            mode=model_card.mode if model_card else None,
-            model_fingerprint=model_card.fingerprint if model_card else None,
+            mode=algorithm.mode if algorithm else None,
+            model_fingerprint=algorithm.fingerprint if algorithm else None,
             runtime_s=runtime_s,
         )
 
@@ -178,29 +164,32 @@ class InstanceMetrics:
         cls,
         instance: UsInstance,
         error: BaseException | str,
-        model_card: ModelCard | None = None,
+        algorithm: SegAlgorithm | None = None,
         runtime_s: float | None = None,
         error_code: str = "processing_error",
     ) -> "InstanceMetrics":
         """The row of an ingested instance that failed later (decode, prediction, SEG writing)."""
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        cal = instance.calibration
-        return cls(
-            study_uid=instance.study_uid,
-            series_uid=instance.series_uid,
-            sop_uid=instance.sop_uid,
-            path=str(instance.path) if instance.path else None,
-            status=RowStatus.FAILED.value,
-            error_code=error_code,
-            error=message or error_code,
-            n_frames=instance.n_frames,
-            calibration_source=cal.source.value,
-            row_spacing_mm=cal.row_spacing_mm,
-            column_spacing_mm=cal.column_spacing_mm,
-            mode=model_card.mode if model_card else None,
-            model_fingerprint=model_card.fingerprint if model_card else None,
-            runtime_s=runtime_s,
-        )
+        return cls(**_instance_columns(instance, algorithm, runtime_s), status=RowStatus.FAILED.value,
+                   error_code=error_code, error=message or error_code)
+
+
+def _instance_columns(instance: UsInstance, algorithm: SegAlgorithm | None, runtime_s: float | None) -> dict:
+    """The columns every row of an ingested instance fills: identity, calibration, model, runtime."""
+    cal = instance.calibration
+    return dict(
+        study_uid=instance.study_uid,
+        series_uid=instance.series_uid,
+        sop_uid=instance.sop_uid,
+        path=str(instance.path) if instance.path else None,
+        n_frames=instance.n_frames,
+        calibration_source=cal.source.value,
+        row_spacing_mm=cal.row_spacing_mm,
+        column_spacing_mm=cal.column_spacing_mm,
+        mode=algorithm.mode if algorithm else None,
+        model_fingerprint=algorithm.fingerprint if algorithm else None,
+        runtime_s=None if runtime_s is None else float(runtime_s),
+    )
 
 
 @dataclass(frozen=True)
@@ -270,21 +259,6 @@ def study_metrics(rows: Iterable[InstanceMetrics]) -> list[StudyMetrics]:
     return result
 
 
-_PANDAS_DTYPES = {"str": "string", "int": "Int64", "float": "float64"}
-
-
-def _pandas_dtype(annotation: str) -> str:
-    """Nullable pandas dtype for a field annotated (as a string) 'str', 'int | None', ..."""
-    return _PANDAS_DTYPES[annotation.replace("| None", "").strip()]
-
-
-def to_frame(rows: Sequence[InstanceMetrics] | Sequence[StudyMetrics], row_type: type) -> pd.DataFrame:
-    """A DataFrame with one column per dataclass field and stable dtypes, even with no rows."""
-    columns = {f.name: _pandas_dtype(str(f.type)) for f in fields(row_type)}
-    frame = pd.DataFrame([asdict(r) for r in rows], columns=list(columns))
-    return frame.astype(columns)
-
-
 @dataclass(frozen=True)
 class MetricsTables:
     instances_parquet: Path
@@ -299,18 +273,8 @@ def write_tables(
     """Write <stem>_instances.{parquet,csv} and <stem>_studies.{parquet,csv} into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    instances = to_frame(instance_rows, InstanceMetrics)
-    studies = to_frame(study_metrics(instance_rows), StudyMetrics)
-    tables = MetricsTables(
-        out / f"{stem}_instances.parquet",
-        out / f"{stem}_instances.csv",
-        out / f"{stem}_studies.parquet",
-        out / f"{stem}_studies.csv",
-    )
-    for frame, parquet, csv in (
-        (instances, tables.instances_parquet, tables.instances_csv),
-        (studies, tables.studies_parquet, tables.studies_csv),
-    ):
-        replace_atomically(lambda p, f=frame: f.to_parquet(p, index=False, engine="pyarrow"), parquet)
-        replace_atomically(lambda p, f=frame: f.to_csv(p, index=False), csv)
-    return tables
+    instances_parquet, instances_csv = write_table(rows_to_frame(instance_rows, InstanceMetrics), out,
+                                                   f"{stem}_instances")
+    studies_parquet, studies_csv = write_table(rows_to_frame(study_metrics(instance_rows), StudyMetrics), out,
+                                               f"{stem}_studies")
+    return MetricsTables(instances_parquet, instances_csv, studies_parquet, studies_csv)

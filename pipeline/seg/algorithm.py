@@ -13,7 +13,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
-class ModelCard:
+class SegAlgorithm:
     """Identity of the model that produced the masks; it decides the SEG's UIDs.
 
     `mode` is how the prompts were obtained: "auto" (PPN only), "semi" (PPN plus a reader's
@@ -30,18 +30,18 @@ class ModelCard:
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "backbone_fingerprint"):
             if not str(getattr(self, field_name)).strip():
-                raise ValueError(f"ModelCard.{field_name} must not be empty")
+                raise ValueError(f"SegAlgorithm.{field_name} must not be empty")
         if not _SHA256.match(self.checkpoint_sha256):
             raise ValueError(
-                f"ModelCard.checkpoint_sha256 must be 64 lowercase hex digits, got {self.checkpoint_sha256!r}"
+                f"SegAlgorithm.checkpoint_sha256 must be 64 lowercase hex digits, got {self.checkpoint_sha256!r}"
             )
         if self.mode not in SEGMENTATION_MODES:
-            raise ValueError(f"ModelCard.mode must be one of {SEGMENTATION_MODES}, got {self.mode!r}")
+            raise ValueError(f"SegAlgorithm.mode must be one of {SEGMENTATION_MODES}, got {self.mode!r}")
         if isinstance(self.class_names, str) or not self.class_names:
-            raise ValueError("ModelCard.class_names must be a non-empty tuple of names")
+            raise ValueError("SegAlgorithm.class_names must be a non-empty tuple of names")
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if any(not n.strip() for n in self.class_names) or len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"ModelCard.class_names must be unique and non-empty: {self.class_names}")
+            raise ValueError(f"SegAlgorithm.class_names must be unique and non-empty: {self.class_names}")
 
     @property
     def fingerprint(self) -> str:
@@ -83,7 +83,7 @@ KNOWN_SEGMENT_CLASSES: dict[str, SegmentClass] = {
 
 
 def segment_classes_for(
-    card: ModelCard, extra: dict[str, SegmentClass] | None = None
+    card: SegAlgorithm, extra: dict[str, SegmentClass] | None = None
 ) -> tuple[SegmentClass, ...]:
     """The coded class for each of the card's class names, in order (segment number = index + 1)."""
     catalog = {**KNOWN_SEGMENT_CLASSES, **(extra or {})}

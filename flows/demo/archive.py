@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UltrasoundImageStorage
 
+from flows.demo.us_dicom import describe_pixels, make_cine, new_instance, ultrasound_region
 from sam2rad.data.synthetic import SyntheticSample, generate
 
-US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
-US_MULTIFRAME_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
 PYDICOM_US_EXAMPLES = ("examples_rgb_color.dcm", "examples_palette.dcm", "examples_jpeg2k.dcm",
                        "examples_ybr_color.dcm", "ExplVR_BigEnd.dcm")
 
@@ -44,30 +43,15 @@ def demo_uid(*parts: object) -> str:
 
 def _region(sample: SyntheticSample) -> Dataset:
     x0, y0, x1, y1 = sample.imaging_region
-    item = Dataset()
-    item.RegionSpatialFormat = 1  # 2-D
-    item.RegionDataType = 1  # tissue
-    item.RegionFlags = 0
-    item.RegionLocationMinX0, item.RegionLocationMinY0 = int(x0), int(y0)
-    item.RegionLocationMaxX1, item.RegionLocationMaxY1 = int(x1) - 1, int(y1) - 1  # DICOM: inclusive
-    item.PhysicalUnitsXDirection = item.PhysicalUnitsYDirection = 3  # cm
-    item.PhysicalDeltaX = float(sample.spacing_mm[1]) / 10
-    item.PhysicalDeltaY = float(sample.spacing_mm[0]) / 10
-    item.ReferencePixelX0 = item.ReferencePixelY0 = 0
-    return item
+    delta_cm = (float(sample.spacing_mm[1]) / 10, float(sample.spacing_mm[0]) / 10)
+    return ultrasound_region((x0, y0, x1 - 1, y1 - 1), delta_cm, reference_pixel=(0, 0))  # DICOM: inclusive
 
 
 def synthetic_us_dataset(frames: np.ndarray, sample: SyntheticSample, study_uid: str, series_uid: str,
                          sop_uid: str, patient_id: str, study_date: str, instance_number: int,
                          multiframe: bool) -> Dataset:
     """A US Image (or US Multi-frame) Storage instance holding grey frames (n, rows, cols) uint8."""
-    sop_class = US_MULTIFRAME_STORAGE if multiframe else US_IMAGE_STORAGE
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds = new_instance(UltrasoundImageStorage, sop_uid)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.PatientName, ds.PatientID = f"DEMO^{patient_id}", patient_id
     ds.PatientBirthDate, ds.PatientSex = "", "O"
@@ -80,15 +64,10 @@ def synthetic_us_dataset(frames: np.ndarray, sample: SyntheticSample, study_uid:
     ds.Laterality = "R"  # paired body parts need it (Type 2C)
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.PatientOrientation = ""
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = frames.shape[1:]
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
+    describe_pixels(ds, *frames.shape[1:])
     ds.SequenceOfUltrasoundRegions = Sequence([_region(sample)])
     if multiframe:
-        ds.NumberOfFrames = frames.shape[0]
-        ds.FrameTime = 40.0
-        ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
+        make_cine(ds, frames.shape[0], frame_time_ms=40.0)
     ds.PixelData = np.ascontiguousarray(frames if multiframe else frames[0]).tobytes()
     return ds
 

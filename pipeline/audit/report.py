@@ -12,10 +12,8 @@ import html
 import io
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,8 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-if TYPE_CHECKING:
-    from pipeline.audit import OverlayCase
+from pipeline.audit.worst_cases import OverlayCase
+from sam2rad.atomic_files import replace_atomically
 
 REFERENCE_COLOUR = "#00d5ff"  # cyan
 PREDICTION_COLOUR = "#ff9500"  # orange: the pair stays apart for colour-blind readers too
@@ -135,7 +133,7 @@ def _filled(mask: np.ndarray, colour: str, alpha: float) -> np.ndarray:
     return rgba
 
 
-def view_window(case: "OverlayCase", margin: float = 0.35, min_margin: int = 16) -> tuple[int, int, int, int]:
+def view_window(case: OverlayCase, margin: float = 0.35, min_margin: int = 16) -> tuple[int, int, int, int]:
     """(row0, row1, col0, col1) to draw: the masks with a margin, inside the imaging region when known."""
     rows, cols = case.reference.shape
     r0, r1, c0, c1 = case.region or (0, rows, 0, cols)
@@ -151,7 +149,7 @@ def view_window(case: "OverlayCase", margin: float = 0.35, min_margin: int = 16)
     return int(top), int(bottom), int(left), int(right)
 
 
-def overlay(case: "OverlayCase") -> bytes:
+def overlay(case: OverlayCase) -> bytes:
     """The source frame (or a black canvas) zoomed on the masks, with reference and predicted contours."""
     top, bottom, left, right = view_window(case)
     ref = case.reference[top:bottom, left:right]
@@ -311,7 +309,7 @@ def _uid_list(title: str, rows: pd.DataFrame, explanation: str) -> str:
             f"<th>SEG SOP Instance UID</th><th>detail</th></tr></thead><tbody>{items}</tbody></table></div></details>")
 
 
-def _case_html(case: "OverlayCase", png: bytes, rank: int) -> str:
+def _case_html(case: OverlayCase, png: bytes, rank: int) -> str:
     image_note = "" if case.image is not None else "<br><span class='note'>masks only (no source image)</span>"
     return (
         f"<div class='case'>{_img(png, f'overlay {rank}')}<div class='cap'>"
@@ -327,7 +325,7 @@ def _card(value: object, label: str, bad: bool = False) -> str:
 
 
 def render_report(*, instances: pd.DataFrame, studies: pd.DataFrame, summary: dict, threshold: float,
-                  cases: Sequence["OverlayCase"], plots: dict[str, bytes] | None = None,
+                  cases: Sequence[OverlayCase], plots: dict[str, bytes] | None = None,
                   title: str = "Sam2Rad Dice audit") -> tuple[str, dict[str, bytes]]:
     """The report's HTML and its plots by file name (PNG bytes)."""
     plots = dict(plots or {})
@@ -399,7 +397,7 @@ distances in {_e(summary.get("distance_unit") or "px")} · UIDs and measurements
 
 
 def write_report(path: str | os.PathLike[str], *, instances: pd.DataFrame, studies: pd.DataFrame, summary: dict,
-                 threshold: float, cases: Sequence["OverlayCase"], plots_dir: str | os.PathLike[str] | None = None,
+                 threshold: float, cases: Sequence[OverlayCase], plots_dir: str | os.PathLike[str] | None = None,
                  title: str = "Sam2Rad Dice audit") -> Path:
     """Write the self-contained report to path (atomically) and its plots as PNG files to plots_dir."""
     page, plots = render_report(instances=instances, studies=studies, summary=summary, threshold=threshold,
@@ -413,11 +411,4 @@ def write_report(path: str | os.PathLike[str], *, instances: pd.DataFrame, studi
             stale.unlink(missing_ok=True)
         for name, png in plots.items():
             (folder / name).write_bytes(png)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomically(lambda tmp: tmp.write_text(page, encoding="utf-8"), path)

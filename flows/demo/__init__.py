@@ -1,14 +1,15 @@
 """The embedded demo: bundled demo studies -> nightly flow -> Dice audit, all in Prefect's local mode
-(no server to run, no GPU, no network)."""
+(no server to run, no GPU, no network).
+
+`archive` writes the demo archive; `us_dicom` builds its synthetic ultrasound DICOM (the tests use it too).
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# The temporary server migrates its database on first start: slow on 2 cores, so wait longer.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+from flows.runtime import apply_prefect_defaults
 
 
 @dataclass
@@ -19,9 +20,10 @@ class DemoResult:
 
 
 def run_demo(root: str | os.PathLike[str] = "demo-output", fresh: bool = True) -> DemoResult:
+    apply_prefect_defaults()  # before Prefect is imported: its settings are read once
     from flows.audit import audit
+    from flows.demo.archive import reset, write_demo_archive
     from flows.nightly import nightly
-    from pipeline.demo_data import reset, write_demo_archive
 
     root = Path(root).resolve()
     if fresh:

@@ -9,19 +9,19 @@ import pytest
 
 from pipeline.calibration import Calibration, CalibrationSource, UNCALIBRATED
 from pipeline.ingest import IssueCode, decode_frames, decode_issue, ingest
-from pipeline.metrics import (
+from pipeline.tables import rows_to_frame
+from pipeline.run_tables import (
     InstanceMetrics,
     PredictedBox,
     StudyMetrics,
     mask_areas,
     study_metrics,
-    to_frame,
     write_tables,
 )
-from pipeline.seg import ModelCard, SegWriter
+from pipeline.seg import SegAlgorithm, SegWriter
 from tests.dicom_factory import BAD_INPUTS, add_region, grey_cine, grey_image, save, us_image
 
-CARD = ModelCard("Sam2Rad", "0.1.0", "bb:1", "ef" * 32, "auto", ("bone",))
+CARD = SegAlgorithm("Sam2Rad", "0.1.0", "bb:1", "ef" * 32, "auto", ("bone",))
 
 
 def test_mask_area_in_mm2_when_calibrated_and_px_otherwise():
@@ -133,7 +133,7 @@ def test_empty_run_still_writes_typed_tables(tmp_path):
     tables = write_tables([], tmp_path)
     frame = pd.read_parquet(tables.instances_parquet)
     assert frame.empty and list(frame.columns) == [f.name for f in dataclasses.fields(InstanceMetrics)]
-    assert to_frame([], StudyMetrics).dtypes["n_ok"] == "Int64"
+    assert rows_to_frame([], StudyMetrics).dtypes["n_ok"] == "Int64"
 
 
 def test_rows_validate():

@@ -1,0 +1,89 @@
+"""Model commands: few-shot PPN training and evaluation (sam2rad code; data specs via pipeline)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flows.cli.output import fail
+
+
+def train(
+    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]], an imgs/gts PNG folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
+    val_data: Optional[str] = typer.Option(None, help="Validation data (same forms). Default: --val-fraction of --data."),
+    val_fraction: float = typer.Option(0.2, help="Fraction of --data held out for validation when --val-data is not given."),
+    out: Path = typer.Option(Path("checkpoints/sam2rad_ppn.safetensors"), help="Checkpoint to write (a .json model card goes beside it)."),
+    config: Optional[Path] = typer.Option(None, help="JSON or YAML file with TrainConfig fields; flags below override it."),
+    backbone: Optional[str] = typer.Option(None, help="litemedsam (default) or sam2[.1]_hiera_{t,s,b+,l}."),
+    backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones (never downloaded)."),
+    input_size: Optional[int] = typer.Option(None, help="SAM2 input size: 512 or 1024."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (one pass over the training images each)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule with warm-up)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per optimiser step."),
+    augment_copies: Optional[int] = typer.Option(None, help="Encoded versions of each training image (augmentations cached)."),
+    val_every: Optional[int] = typer.Option(None, help="Validate every K epochs; the best checkpoint is kept."),
+    cache: Optional[str] = typer.Option(None, help="Feature cache: memory, disk or none."),
+    cache_dir: Optional[str] = typer.Option(None, help="Folder for cache=disk."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (data order, augmentation, initialisation)."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+) -> None:
+    """Train the Prompt Predictor Network on a frozen backbone (few-shot: 10 labelled images suffice)."""
+    import torch
+
+    from pipeline.training_data import load_data_spec
+    from sam2rad.checkpoint import save_checkpoint
+    from sam2rad.config_file import train_config_from
+    from sam2rad.data.datasets import InMemoryDataset, train_val_split
+    from sam2rad.train import Trainer, training_summary
+
+    torch.set_num_threads(threads)
+    flags = dict(backbone=backbone, backbone_checkpoint=backbone_checkpoint, input_size=input_size, epochs=epochs,
+                 lr=lr, batch_size=batch_size, augment_copies=augment_copies, val_every=val_every, cache=cache,
+                 cache_dir=cache_dir, seed=seed)
+    try:
+        cfg = train_config_from(config, flags)
+        samples, source = load_data_spec(data)
+        if val_data:
+            train_set, val_set = samples, load_data_spec(val_data)[0]
+        else:
+            tr, va = train_val_split(InMemoryDataset(samples), val_fraction, seed=cfg.seed)
+            train_set, val_set = list(tr), list(va)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"training PPN on {cfg.backbone}: {len(train_set)} train / {len(val_set)} val images ({source})")
+    result = Trainer(cfg, device=device).fit(train_set, val_set)
+    card = save_checkpoint(result.model, out, training_summary(train_set, val_set, cfg, result, source),
+                           {"best_val_dice_auto": result.best_val_dice})
+    typer.echo(f"best validation Dice (auto) {result.best_val_dice:.3f} at epoch {result.best_epoch}; "
+               f"{result.seconds:.0f} s; {result.encodings} encoder passes")
+    typer.echo(f"wrote {out} (+ {out.with_suffix('.json').name}), backbone {card.backbone_fingerprint}")
+
+
+def evaluate(
+    checkpoint: Optional[Path] = typer.Option(None, help="PPN checkpoint (default: the shipped demo checkpoint)."),
+    data: str = typer.Option("synthetic:50:7", help="Test data: synthetic:N[:SEED[:SIZE]], an imgs/gts folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
+    modes: str = typer.Option("auto,manual_gt_box,semi_click", help="Comma list of auto, manual_gt_box (zero-shot baseline), semi_click (one simulated click)."),
+    out_dir: Path = typer.Option(Path("runs/evaluate"), help="Where per-image and summary CSVs go."),
+    backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """Per-image Dice, IoU, HD95 and ASSD (mm when spacing is known) for auto vs the box-prompted baseline."""
+    import torch
+
+    from pipeline.training_data import load_data_spec
+    from sam2rad.checkpoint import CheckpointError, load_checkpoint
+    from sam2rad.evaluate import evaluate_model, format_table, summarise, write_csv
+
+    torch.set_num_threads(threads)
+    try:
+        model = load_checkpoint(checkpoint, backbone_checkpoint=backbone_checkpoint)
+        samples, source = load_data_spec(data)
+        rows = evaluate_model(model, samples, [m.strip() for m in modes.split(",") if m.strip()], progress=True)
+    except (ValueError, CheckpointError) as exc:
+        fail(str(exc))
+    summary = summarise(rows)
+    write_csv(rows, out_dir / "per_image.csv")
+    write_csv(summary, out_dir / "summary.csv")
+    typer.echo(f"{source}\n{format_table(summary)}\nCSV: {out_dir / 'per_image.csv'}, {out_dir / 'summary.csv'}")

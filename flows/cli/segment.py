@@ -1,0 +1,46 @@
+"""One-off segmentation: DICOM in, DICOM-SEG out, without Prefect, PACS or ledger."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flows.cli.output import fail
+
+
+def segment(
+    files: list[Path] = typer.Argument(..., help="DICOM files or folders (ultrasound instances)."),
+    out: Path = typer.Option(Path("segs"), help="Folder for the SEG files."),
+    checkpoint: Optional[str] = typer.Option(None, help="PPN checkpoint (default: the shipped demo checkpoint)."),
+    labelmap: bool = typer.Option(False, help="Write a LABELMAP SEG instead of BINARY."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """One-off: DICOM in, DICOM-SEG out (no Prefect, no PACS, no ledger)."""
+    import torch
+
+    from pipeline.ingest import ingest
+    from pipeline.seg import SegWriter
+    from pipeline.inference import seg_algorithm_for, segment_instance
+    from sam2rad.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    try:
+        result = ingest(files)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    for issue in result.issues:
+        typer.echo(f"skipped {issue.path}: {issue.code.value}: {issue.reason}")
+    if not result.instances:
+        fail("no ultrasound image instances to segment")
+    model = load_checkpoint(checkpoint)
+    writer = SegWriter(seg_algorithm_for(model), segmentation_type="LABELMAP" if labelmap else "BINARY")
+    failed = 0
+    for inst in result.instances:
+        outcome = segment_instance(inst, model, writer, out)
+        if outcome.seg:
+            typer.echo(f"{inst.path} -> {outcome.seg.path} ({outcome.n_frames} frames)")
+        else:
+            failed += 1
+            typer.echo(f"{inst.path}: failed: {outcome.row.error}", err=True)
+    raise typer.Exit(1 if failed else 0)

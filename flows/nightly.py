@@ -162,7 +162,8 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
             study_errors[ref.study_uid] = f"{type(exc).__name__}: {exc}"
             logger.error("study %s failed: %s", ref.study_uid, study_errors[ref.study_uid])
             continue
-        results.append(dataclasses.replace(_as_study_result(result), from_cache=state.name == "Cached"))
+        # A cached study comes back from Prefect's JSON result store as a StudyResult too (tested).
+        results.append(dataclasses.replace(result, from_cache=state.name == "Cached"))
 
     rows = [row for result in results for row in result.rows]
     tables = write_tables(rows, run_dir, "nightly") if rows else None
@@ -177,15 +178,6 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     if study_errors:  # tables and artifacts are written; the run still says it did not finish
         raise RuntimeError(f"{len(study_errors)} of {len(studies)} studies failed: {study_errors}")
     return summary | {"tables": {k: str(v) for k, v in dataclasses.asdict(tables).items()} if tables else {}}
-
-
-def _as_study_result(result: StudyResult | dict) -> StudyResult:
-    """A study result as the task returned it, or as Prefect's JSON cache gives it back."""
-    if isinstance(result, StudyResult):
-        return result
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(StudyResult).validate_python(result)
 
 
 if __name__ == "__main__":

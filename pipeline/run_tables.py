@@ -17,7 +17,7 @@ from pipeline.calibration import Calibration
 from pipeline.ingest import IngestIssue, IssueKind, UsInstance
 from pipeline.seg.algorithm import SegAlgorithm
 from pipeline.seg.writer import WrittenSeg
-from pipeline.tables import rows_to_frame, write_table
+from pipeline.tables import rows_by_study, rows_to_frame, write_table
 
 
 class RowStatus(str, enum.Enum):
@@ -146,18 +146,8 @@ class InstanceMetrics:
     ) -> "InstanceMetrics":
         """The row of a file that was skipped or failed (ingest, decode, model or SEG writing)."""
         status = RowStatus.SKIPPED if issue.kind is IssueKind.SKIPPED else RowStatus.FAILED
-        return cls(
-            study_uid=issue.study_uid,
-            series_uid=issue.series_uid,
-            sop_uid=issue.sop_uid,
-            path=str(issue.path) if issue.path else None,
-            status=status.value,
-            error_code=issue.code.value,
-            error=issue.reason,
-            mode=algorithm.mode if algorithm else None,
-            model_fingerprint=algorithm.fingerprint if algorithm else None,
-            runtime_s=runtime_s,
-        )
+        return cls(**_source_columns(issue, algorithm, runtime_s), status=status.value,
+                   error_code=issue.code.value, error=issue.reason)
 
     @classmethod
     def for_failure(
@@ -174,21 +164,28 @@ class InstanceMetrics:
                    error_code=error_code, error=message or error_code)
 
 
-def _instance_columns(instance: UsInstance, algorithm: SegAlgorithm | None, runtime_s: float | None) -> dict:
-    """The columns every row of an ingested instance fills: identity, calibration, model, runtime."""
-    cal = instance.calibration
+def _source_columns(source: UsInstance | IngestIssue, algorithm: SegAlgorithm | None,
+                    runtime_s: float | None) -> dict:
+    """The columns every row fills: which file or instance, which model, how long it took."""
     return dict(
-        study_uid=instance.study_uid,
-        series_uid=instance.series_uid,
-        sop_uid=instance.sop_uid,
-        path=str(instance.path) if instance.path else None,
+        study_uid=source.study_uid,
+        series_uid=source.series_uid,
+        sop_uid=source.sop_uid,
+        path=str(source.path) if source.path else None,
+        mode=algorithm.mode if algorithm else None,
+        model_fingerprint=algorithm.fingerprint if algorithm else None,
+        runtime_s=None if runtime_s is None else float(runtime_s),
+    )
+
+
+def _instance_columns(instance: UsInstance, algorithm: SegAlgorithm | None, runtime_s: float | None) -> dict:
+    """The columns of an ingested instance's row: its source columns, frame count and calibration."""
+    cal = instance.calibration
+    return _source_columns(instance, algorithm, runtime_s) | dict(
         n_frames=instance.n_frames,
         calibration_source=cal.source.value,
         row_spacing_mm=cal.row_spacing_mm,
         column_spacing_mm=cal.column_spacing_mm,
-        mode=algorithm.mode if algorithm else None,
-        model_fingerprint=algorithm.fingerprint if algorithm else None,
-        runtime_s=None if runtime_s is None else float(runtime_s),
     )
 
 
@@ -218,12 +215,8 @@ def _mean(values: list[float]) -> float | None:
 
 def study_metrics(rows: Iterable[InstanceMetrics]) -> list[StudyMetrics]:
     """Aggregate instance rows by study (rows without a study UID, e.g. non-DICOM files, are left out)."""
-    by_study: dict[str, list[InstanceMetrics]] = {}
-    for row in rows:
-        if row.study_uid:
-            by_study.setdefault(row.study_uid, []).append(row)
     result = []
-    for study_uid, study_rows in by_study.items():
+    for study_uid, study_rows in rows_by_study(rows).items():
         ok = [r for r in study_rows if r.status == RowStatus.OK.value]
         failed = [r for r in study_rows if r.status == RowStatus.FAILED.value]
         skipped = [r for r in study_rows if r.status == RowStatus.SKIPPED.value]

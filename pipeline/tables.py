@@ -1,9 +1,11 @@
-"""Rows (frozen dataclasses) -> typed DataFrames -> Parquet + CSV, for the run tables and the audit."""
+"""Table rows (frozen dataclasses) of the run tables and the audit: grouped by study, as typed
+DataFrames, written as Parquet + CSV."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pandas as pd
 
@@ -11,6 +13,22 @@ from sam2rad.atomic_files import replace_atomically
 
 # Nullable pandas dtypes by field annotation, so an empty table keeps its column types.
 _PANDAS_DTYPES = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
+
+
+class _StudyRow(Protocol):
+    study_uid: str | None
+
+
+Row = TypeVar("Row", bound=_StudyRow)
+
+
+def rows_by_study(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    """Rows grouped by study UID, in first-seen order; rows with no known study are left out."""
+    by_study: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.study_uid:
+            by_study.setdefault(row.study_uid, []).append(row)
+    return by_study
 
 
 def rows_to_frame(rows: Sequence[object], row_type: type) -> pd.DataFrame:

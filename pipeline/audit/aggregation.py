@@ -8,6 +8,7 @@ import numpy as np
 
 from pipeline.audit.comparison import finite_mean
 from pipeline.audit.rows import AuditInstanceRow, AuditStudyRow, ComparisonStatus
+from pipeline.tables import rows_by_study
 
 
 def _stats(values: Iterable[float | None]) -> tuple[float | None, float | None, float | None, float | None, int]:
@@ -30,12 +31,8 @@ def _distance_unit(rows: Sequence[AuditInstanceRow]) -> tuple[str | None, list[A
 
 def study_rows(instances: Sequence[AuditInstanceRow], threshold: float) -> list[AuditStudyRow]:
     """Aggregate instance rows by study (rows with no known study are left out), worst first."""
-    by_study: dict[str, list[AuditInstanceRow]] = {}
-    for row in instances:
-        if row.study_uid:
-            by_study.setdefault(row.study_uid, []).append(row)
     result = []
-    for study_uid, rows in by_study.items():
+    for study_uid, rows in rows_by_study(instances).items():
         ok = [r for r in rows if r.status == ComparisonStatus.OK]
         dice = [float(r.dice) for r in ok if r.dice is not None]
         unit, in_unit = _distance_unit(ok)

@@ -168,3 +168,33 @@ def split_modalities(value: object) -> tuple[str, ...]:
     else:
         parts = [str(v) for v in value]
     return tuple(sorted({p.strip() for p in parts if p and p.strip()}))
+
+
+def study_ref_from_answer(answer: Dataset, window: DateWindow, filters: StudyFilters) -> StudyRef | None:
+    """A C-FIND / QIDO-RS study answer as a StudyRef, or None when it lies outside the query.
+
+    Re-checked here because an archive may ignore a date range or ModalitiesInStudy it does not support.
+    """
+    uid = str(answer.get("StudyInstanceUID", "") or "")
+    study_date = str(answer.get("StudyDate", "") or "")
+    modalities = split_modalities(answer.get("ModalitiesInStudy"))
+    if not uid or not window.contains(study_date) or not filters.accepts(modalities):
+        return None
+    n = answer.get("NumberOfStudyRelatedInstances")
+    return StudyRef(study_uid=uid, study_date=study_date, modalities=modalities,
+                    n_instances=int(n) if n not in (None, "") else None)
+
+
+def instance_ref_from_answer(answer: Dataset, study_uid: str, modality: str | None) -> InstanceRef | None:
+    """A C-FIND / QIDO-RS instance answer as an InstanceRef, or None when it lies outside the query.
+
+    Re-checked here because not every archive matches a series-level key in an image-level query.
+    """
+    ref = InstanceRef(study_uid=str(answer.get("StudyInstanceUID", study_uid) or study_uid),
+                      series_uid=str(answer.get("SeriesInstanceUID", "") or ""),
+                      sop_uid=str(answer.get("SOPInstanceUID", "") or ""),
+                      sop_class_uid=str(answer.get("SOPClassUID", "") or ""),
+                      modality=str(answer.get("Modality", "") or ""))
+    if ref.sop_uid and ref.study_uid == study_uid and (not modality or ref.modality in ("", modality)):
+        return ref
+    return None

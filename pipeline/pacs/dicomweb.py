@@ -23,7 +23,8 @@ from pipeline.pacs.base import (
     StudyFilters,
     instance_path,
     load_dataset,
-    split_modalities,
+    instance_ref_from_answer,
+    study_ref_from_answer,
 )
 from pipeline.pacs.config import PacsSettings, env_name
 from pipeline.studies import DateWindow, FetchedStudy, StudyRef
@@ -163,15 +164,9 @@ class DicomWebArchive:
                 fields=["StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedInstances"],
                 offset=offset or None))
             for item in results:
-                ds = Dataset.from_json(item)
-                uid = str(ds.get("StudyInstanceUID", "") or "")
-                study_date = str(ds.get("StudyDate", "") or "")
-                modalities = split_modalities(ds.get("ModalitiesInStudy"))
-                if not uid or not window.contains(study_date) or not filters.accepts(modalities):
-                    continue
-                n = ds.get("NumberOfStudyRelatedInstances")
-                studies[uid] = StudyRef(study_uid=uid, study_date=study_date, modalities=modalities,
-                                        n_instances=int(n) if n not in (None, "") else None)
+                ref = study_ref_from_answer(Dataset.from_json(item), window, filters)
+                if ref is not None:
+                    studies[ref.study_uid] = ref
         result = sorted(studies.values(), key=lambda r: (r.study_date, r.study_uid))
         log.info("QIDO-RS %s on %s: %d studies", window.dicom_range(), self.url, len(result))
         return result
@@ -183,13 +178,8 @@ class DicomWebArchive:
             fields=["SOPClassUID", "Modality", "SeriesInstanceUID"], offset=offset or None))
         found = {}
         for item in results:
-            ds = Dataset.from_json(item)
-            ref = InstanceRef(study_uid=str(ds.get("StudyInstanceUID", study_uid) or study_uid),
-                              series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-                              sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
-                              sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
-                              modality=str(ds.get("Modality", "") or ""))
-            if ref.sop_uid and ref.study_uid == study_uid and (not modality or ref.modality in ("", modality)):
+            ref = instance_ref_from_answer(Dataset.from_json(item), study_uid, modality)
+            if ref is not None:
                 found[ref.sop_uid] = ref
         return sorted(found.values(), key=lambda r: (r.series_uid, r.sop_uid))
 

@@ -32,7 +32,8 @@ from pipeline.pacs.base import (
     StoreResult,
     StudyFilters,
     load_dataset,
-    split_modalities,
+    instance_ref_from_answer,
+    study_ref_from_answer,
 )
 from pipeline.pacs.config import PacsSettings, env_name
 from pipeline.pacs.dimse_receiver import (
@@ -235,15 +236,9 @@ class DimseArchive:
         query.NumberOfStudyRelatedInstances = ""
         studies: dict[str, StudyRef] = {}
         for identifier in self._find(query, "C-FIND studies"):
-            uid = str(identifier.get("StudyInstanceUID", "") or "")
-            study_date = str(identifier.get("StudyDate", "") or "")
-            modalities = split_modalities(identifier.get("ModalitiesInStudy"))
-            # Re-check: an archive may ignore a range or ModalitiesInStudy it does not support.
-            if not uid or not window.contains(study_date) or not filters.accepts(modalities):
-                continue
-            n = identifier.get("NumberOfStudyRelatedInstances")
-            studies[uid] = StudyRef(study_uid=uid, study_date=study_date, modalities=modalities,
-                                    n_instances=int(n) if n not in (None, "") else None)
+            ref = study_ref_from_answer(identifier, window, filters)
+            if ref is not None:
+                studies[ref.study_uid] = ref
         result = sorted(studies.values(), key=lambda r: (r.study_date, r.study_uid))
         log.info("C-FIND %s on %s: %d studies", window.dicom_range(), self.address, len(result))
         return result
@@ -258,13 +253,8 @@ class DimseArchive:
         query.Modality = modality or ""
         found = {}
         for identifier in self._find(query, "C-FIND instances"):
-            ref = InstanceRef(study_uid=str(identifier.get("StudyInstanceUID", study_uid) or study_uid),
-                              series_uid=str(identifier.get("SeriesInstanceUID", "") or ""),
-                              sop_uid=str(identifier.get("SOPInstanceUID", "") or ""),
-                              sop_class_uid=str(identifier.get("SOPClassUID", "") or ""),
-                              modality=str(identifier.get("Modality", "") or ""))
-            # Re-check: not every archive matches a series-level key in an image-level query.
-            if ref.sop_uid and ref.study_uid == study_uid and (not modality or ref.modality in ("", modality)):
+            ref = instance_ref_from_answer(identifier, study_uid, modality)
+            if ref is not None:
                 found[ref.sop_uid] = ref
         return sorted(found.values(), key=lambda r: (r.series_uid, r.sop_uid))
 

@@ -8,13 +8,35 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 
 GPU_LIMIT = "gpu"
+# How long one model call may wait for a `gpu` slot before its study fails (never forever).
+GPU_WAIT_ENV = "SAM2RAD_GPU_WAIT_SECONDS"
+DEFAULT_GPU_WAIT_SECONDS = 1800.0
+# A slot wait longer than this is logged (once per wait), so a stuck night says what it waits for.
+_WAIT_LOG_AFTER_SECONDS = 5.0
 _limit_checked: set[str] = set()
 _lock = threading.Lock()
+_local_slots: threading.BoundedSemaphore | None = None
 log = logging.getLogger(__name__)
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow/task run's logger when there is one (so the wait shows in Prefect's UI), else ours."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a run (tests, scripts)
+        return log
+
+
+class GpuSlotTimeout(TimeoutError):
+    """No `gpu` slot within the wait limit: the study fails (and says so) instead of hanging the night."""
 
 
 @lru_cache(maxsize=4)
@@ -30,12 +52,32 @@ def load_model(checkpoint: str | None, device: str = "cpu"):
                            device=device)
 
 
-def ensure_gpu_limit(slots: int | None = None) -> None:
-    """Create the `gpu` global concurrency limit when it is missing (local runs), once per process.
+def uses_prefect_server() -> bool:
+    """True when PREFECT_API_URL points at a Prefect server; False in local mode (a temporary server
+    that lives and dies with this process)."""
+    from prefect.settings import get_current_settings
 
-    Sites create it with deploy/create_concurrency_limits.py (slots = number of GPUs); an existing
-    limit is never changed here.
+    return bool(get_current_settings().api.url)
+
+
+def _gpu_slots() -> int:
+    return max(1, int(os.environ.get("SAM2RAD_GPU_SLOTS", "1")))
+
+
+def gpu_wait_seconds() -> float:
+    """The longest a model call waits for a `gpu` slot (SAM2RAD_GPU_WAIT_SECONDS, default 30 min)."""
+    return float(os.environ.get(GPU_WAIT_ENV, DEFAULT_GPU_WAIT_SECONDS))
+
+
+def ensure_gpu_limit(slots: int | None = None) -> None:
+    """Create the `gpu` global concurrency limit when it is missing (server runs), once per process.
+
+    A local run (no PREFECT_API_URL) needs none: its slots are an in-process semaphore (`gpu_slot`),
+    so a killed run cannot leave a slot taken for the next one. Sites create the limit with
+    deploy/create_concurrency_limits.py (slots = number of GPUs); an existing limit is never changed here.
     """
+    if not uses_prefect_server():
+        return
     with _lock:
         if GPU_LIMIT in _limit_checked:
             return
@@ -47,18 +89,67 @@ def ensure_gpu_limit(slots: int | None = None) -> None:
             try:
                 client.read_global_concurrency_limit_by_name(GPU_LIMIT)
             except ObjectNotFound:
-                n = slots or int(os.environ.get("SAM2RAD_GPU_SLOTS", "1"))
+                n = slots or _gpu_slots()
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=n, active=True))
                 log.info("created global concurrency limit %r with %d slot(s)", GPU_LIMIT, n)
         _limit_checked.add(GPU_LIMIT)
 
 
-def gpu_slot() -> AbstractContextManager:
-    """Hold one slot of the `gpu` limit; strict, so a missing limit is an error, not a free pass."""
+def _local_semaphore() -> threading.BoundedSemaphore:
+    global _local_slots
+    with _lock:
+        if _local_slots is None:
+            _local_slots = threading.BoundedSemaphore(_gpu_slots())
+        return _local_slots
+
+
+@contextmanager
+def _local_slot(first_wait: float, wait: float) -> Iterator[None]:
+    slots = _local_semaphore()
+    if not slots.acquire(timeout=first_wait):
+        _run_logger().warning("waiting up to %.0f s for a local %r slot (held by another study of this run)", wait, GPU_LIMIT)
+        if not slots.acquire(timeout=max(0.0, wait - first_wait)):
+            raise GpuSlotTimeout(f"no {GPU_LIMIT!r} slot within {wait:.0f} s ({GPU_WAIT_ENV})")
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+@contextmanager
+def _server_slot(first_wait: float, wait: float) -> Iterator[None]:
     from prefect.concurrency.sync import concurrency
 
-    return concurrency(GPU_LIMIT, occupy=1, strict=True)
+    # Leases expire with their holder (lease_duration, renewed while held): a killed worker frees its slot.
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(GPU_LIMIT, occupy=1, strict=True, timeout_seconds=first_wait))
+        except TimeoutError:
+            _run_logger().warning("waiting up to %.0f s for a %r concurrency slot on the Prefect server", wait, GPU_LIMIT)
+            try:
+                stack.enter_context(concurrency(GPU_LIMIT, occupy=1, strict=True,
+                                                timeout_seconds=max(1.0, wait - first_wait)))
+            except TimeoutError:
+                raise GpuSlotTimeout(
+                    f"no {GPU_LIMIT!r} slot within {wait:.0f} s ({GPU_WAIT_ENV}); are slots leaked? "
+                    f"see deploy/README.md") from None
+        yield
+
+
+@contextmanager
+def gpu_slot(wait_seconds: float | None = None) -> Iterator[None]:
+    """Hold one `gpu` slot for one model call; waits at most `wait_seconds` (logged), then raises
+    GpuSlotTimeout. Server runs use the strict global concurrency limit (shared by every worker);
+    local runs an in-process semaphore of SAM2RAD_GPU_SLOTS slots, which dies with the process."""
+    wait = gpu_wait_seconds() if wait_seconds is None else float(wait_seconds)
+    first_wait = min(_WAIT_LOG_AFTER_SECONDS, wait)
+    start = time.perf_counter()
+    with (_server_slot if uses_prefect_server() else _local_slot)(first_wait, wait):
+        waited = time.perf_counter() - start
+        if waited > first_wait:
+            _run_logger().info("got a %r slot after %.1f s", GPU_LIMIT, waited)
+        yield
 
 
 # Prefect settings our entry points need unless the site sets them: no analytics calls home, and the

@@ -104,8 +104,9 @@ def segment_instance(instance: UsInstance, model: SegmentationModel, writer: Seg
         row = InstanceMetrics.for_result(instance, masks, writer.algorithm, time.perf_counter() - start,
                                          box=box, confidence=confidence, seg=seg)
         return InstanceOutcome(row, seg, instance.n_frames)
-    except MemoryError:
-        raise  # not a property of this instance: let the orchestrator decide (never retried blindly)
+    except (MemoryError, TimeoutError):
+        # Not a property of this instance (out of memory, no GPU slot in time): the orchestrator decides.
+        raise
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the batch
         log.warning("instance %s failed: %s: %s", instance.sop_uid, type(exc).__name__, exc)
         row = InstanceMetrics.for_failure(instance, exc, writer.algorithm, time.perf_counter() - start)

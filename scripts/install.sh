@@ -32,10 +32,10 @@ if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qiE '^(nvidia-|torchvision
   fi
 fi
 
-# 4. system tools for the integration tests (real PACS, DIMSE tools).
+# 4. system tools for the integration tests (real PACS, DIMSE tools, a real browser for the review page).
 if [ "${WITH_SYSTEM:-$( [ "$(id -u)" = 0 ] && echo 1 || echo 0)}" = 1 ]; then
   need=()
-  for pkg in orthanc orthanc-dicomweb dcmtk openssl; do
+  for pkg in orthanc orthanc-dicomweb dcmtk openssl chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.cli import model, runs, segment
+from flows.cli import model, review, runs, segment
 from flows.runtime import apply_prefect_defaults
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -19,6 +19,7 @@ app.command("audit")(runs.audit)
 app.command("segment")(segment.segment)
 app.command("train")(model.train)
 app.command("evaluate")(model.evaluate)
+app.command("review")(review.review)
 
 
 def main() -> None:

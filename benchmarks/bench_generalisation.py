@@ -33,13 +33,12 @@ TRAIN_SEED, TEST_SEED = 0, 7  # per generator: training images and held-out imag
 
 def train_sam2rad(train_samples, epochs=None, seed=0):
     """What `sam2rad train --data <train_samples>` does: TrainConfig defaults (only epochs/seed
-    overridden when given), the CLI's default 20 % validation split, then Trainer.fit."""
-    from sam2rad.data.datasets import InMemoryDataset, train_val_split
-    from sam2rad.train import TrainConfig, Trainer
+    overridden when given), the CLI's default training plan (plan_training), then Trainer.fit."""
+    from sam2rad.train import TrainConfig, Trainer, plan_training
 
     cfg = TrainConfig.from_dict({k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None})
-    tr, va = train_val_split(InMemoryDataset(train_samples), 0.2, seed=cfg.seed)
-    return Trainer(cfg, device="cpu").fit(list(tr), list(va), progress=False).model
+    plan = plan_training(train_samples, seed=cfg.seed)
+    return Trainer(cfg, device="cpu").fit(plan.train, plan.val, progress=False).model
 
 
 def load_generator(gen: str, n: int, seed: int):

@@ -21,6 +21,7 @@ from .backbones import Backbone, build_backbone
 from .backbones.weights import sha256_file
 from .model import Sam2Rad
 from .ppn import PPNConfig
+from .refine import RefinerConfig
 
 CARD_FORMAT = "sam2rad-ppn/1"
 DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo_litemedsam_bone.safetensors"
@@ -38,6 +39,7 @@ class ModelCard:
     ppn_config: dict
     class_names: list[str]
     training: dict = field(default_factory=dict)
+    refiner_config: dict = field(default_factory=lambda: {"enabled": False})  # older cards: no refiner
     metrics: dict = field(default_factory=dict)
     code_version: str = ""
     format: str = CARD_FORMAT
@@ -80,9 +82,9 @@ def save_checkpoint(model: Sam2Rad, path: str | Path, training: dict | None = No
         backbone_name=model.backbone.name, backbone_fingerprint=model.backbone.fingerprint,
         input_size=model.backbone.input_size, ppn_config=model.ppn.cfg.to_dict(),
         class_names=list(model.class_names), training=training or {}, metrics=metrics or {},
-        code_version=code_version(),
+        code_version=code_version(), refiner_config=model.refiner_config.to_dict(),
     )
-    state = {k: v.detach().cpu().contiguous() for k, v in model.ppn.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state().items()}
     replace_atomically(lambda tmp: save_file(state, str(tmp), metadata={"format": CARD_FORMAT}), path)
     replace_atomically(lambda tmp: tmp.write_text(card.to_json()), card_path(path))
     return card
@@ -118,11 +120,12 @@ def load_checkpoint(path: str | Path | None = None, backbone: Backbone | None = 
             f"{backbone.fingerprint}; PPN weights only work on the exact backbone weights they were "
             "trained with (pass the matching backbone checkpoint, or retrain)"
         )
-    model = Sam2Rad(backbone, PPNConfig(**card.ppn_config), card.class_names)
+    model = Sam2Rad(backbone, PPNConfig(**card.ppn_config), card.class_names,
+                    refiner_config=RefinerConfig(**card.refiner_config))
     state = load_file(str(path), device="cpu")
-    missing, unexpected = model.ppn.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_trainable_state(state)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: PPN tensors missing {missing[:5]} / unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{path}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}")
     model.card = card  # type: ignore[attr-defined]
     model.checkpoint_sha256 = sha256_file(path)  # type: ignore[attr-defined]
     return model.to(device).eval()

@@ -24,6 +24,8 @@ class LossWeights:
     # Dice on the interim mask too: focal alone lets a thin-structure head settle on all-background.
     interim_dice: float = 1.0
     object_bce: float = 1.0
+    # The refiner's output is the mask the user gets: Dice + focal on it, at the same focal weight.
+    refined: float = 1.0
 
 
 @dataclass
@@ -98,10 +100,17 @@ def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def sam2rad_loss(low_res_logits: torch.Tensor, box_norm: torch.Tensor, interim_logits: torch.Tensor,
-                 object_logit: torch.Tensor | None, targets: Targets, w: LossWeights = LossWeights()
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Scalar loss plus its parts (floats, for logging)."""
-    t = targets.masks.to(low_res_logits.device)
+                 object_logit: torch.Tensor | None, targets: Targets, w: LossWeights = LossWeights(),
+                 refined_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scalar loss plus its parts (floats, for logging). Targets may be finer than the decoder's
+    logits (when a refiner works at the model input size); each output is scored at its own size."""
+    full = targets.masks.to(low_res_logits.device)
+    refined_parts: dict[str, torch.Tensor] = {}
+    if refined_logits is not None:
+        tr = full if full.shape[-2:] == refined_logits.shape[-2:] else \
+            (F.interpolate(full, size=refined_logits.shape[-2:], mode="area") >= 0.5).float()
+        refined_parts["refined"] = soft_dice(refined_logits, tr).mean() + w.focal * sigmoid_focal(refined_logits, tr).mean()
+    t = full
     if t.shape[-2:] != low_res_logits.shape[-2:]:
         t = (F.interpolate(t, size=low_res_logits.shape[-2:], mode="area") >= 0.5).float()
     parts: dict[str, torch.Tensor] = {
@@ -119,5 +128,6 @@ def sam2rad_loss(low_res_logits: torch.Tensor, box_norm: torch.Tensor, interim_l
         parts["l1"] = F.l1_loss(pb, tb)
     if object_logit is not None:
         parts["object_bce"] = F.binary_cross_entropy_with_logits(object_logit, targets.present.to(object_logit.device))
+    parts.update(refined_parts)
     total = sum(getattr(w, k) * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -20,6 +20,7 @@ from torch import nn
 
 from .backbones.base import Backbone, FeaturePyramid, ImageGeometry
 from .ppn import PPNConfig, PPNOutput, build_ppn
+from .refine import MaskRefiner, RefinerConfig, click_maps
 
 Mode = Literal["auto", "semi", "manual"]
 MODES: tuple[str, ...] = ("auto", "semi", "manual")
@@ -97,14 +98,33 @@ class EncodedImage:
     geometry: ImageGeometry
 
 
+@dataclass
+class ForwardOutput:
+    """The differentiable path's result; rows are (image, class) pairs, image-major."""
+
+    ppn: PPNOutput
+    logits: torch.Tensor  # (N, 1, S', S') final mask logits (refined where the model has a refiner)
+    decoder_logits: torch.Tensor  # (N, 1, 4h, 4w) the frozen decoder's own logits
+    iou: torch.Tensor  # (N,)
+    object_logit: torch.Tensor | None  # (N,) where the backbone predicts one
+
+
+def grey_input(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) normalised model input -> (B, 1, S, S): what the refiner looks at."""
+    return pixels.mean(dim=1, keepdim=True)
+
+
 class Sam2Rad(nn.Module):
     def __init__(self, backbone: Backbone, ppn_config: PPNConfig = PPNConfig(),
-                 class_names: Sequence[str] = ("bone",), cache_size: int = 8):
+                 class_names: Sequence[str] = ("bone",), cache_size: int = 8,
+                 refiner_config: RefinerConfig | None = None):
         super().__init__()
         if len(class_names) != ppn_config.num_classes:
             raise ValueError(f"{len(class_names)} class names for {ppn_config.num_classes} PPN classes")
         self.backbone = backbone.freeze()
         self.ppn = build_ppn(ppn_config, backbone)
+        self.refiner_config = refiner_config or RefinerConfig(enabled=False)
+        self.refiner = MaskRefiner(self.refiner_config, backbone.embed_dim) if self.refiner_config.enabled else None
         self.class_names = tuple(class_names)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, EncodedImage] = OrderedDict()
@@ -120,7 +140,29 @@ class Sam2Rad(nn.Module):
         return self.backbone.prompt_encoder.no_mask_embed.weight.device
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.ppn.parameters() if p.requires_grad]
+        modules = [self.ppn] + ([self.refiner] if self.refiner is not None else [])
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds: the PPN's tensors, and the refiner's under 'refiner.'."""
+        state = dict(self.ppn.state_dict())
+        if self.refiner is not None:
+            state.update({f"refiner.{k}": v for k, v in self.refiner.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Inverse of trainable_state; returns (missing, unexpected) key lists."""
+        ppn_state = {k: v for k, v in state.items() if not k.startswith("refiner.")}
+        ref_state = {k[len("refiner."):]: v for k, v in state.items() if k.startswith("refiner.")}
+        missing, unexpected = self.ppn.load_state_dict(ppn_state, strict=False)
+        missing, unexpected = list(missing), list(unexpected)
+        if self.refiner is not None:
+            m, u = self.refiner.load_state_dict(ref_state, strict=False)
+            missing += [f"refiner.{k}" for k in m]
+            unexpected += [f"refiner.{k}" for k in u]
+        else:
+            unexpected += [f"refiner.{k}" for k in ref_state]
+        return missing, unexpected
 
     # --- encoding (cached: the backbone is frozen, so an image's features never change) ---------
     @torch.no_grad()
@@ -130,6 +172,7 @@ class Sam2Rad(nn.Module):
         if todo:
             pixels, geoms = self.backbone.preprocess([images[i] for i in todo])
             feats = self.backbone.encode(pixels)
+            feats.image = grey_input(pixels)
             self.encoder_calls += len(todo)
             for row, i in enumerate(todo):
                 self._cache[keys[i]] = EncodedImage(feats.select([row]), geoms[row])
@@ -165,34 +208,47 @@ class Sam2Rad(nn.Module):
         return sparse, dense, box_px
 
     def forward(self, features: FeaturePyramid, boxes_px: torch.Tensor | None = None,
-                clicks: tuple[torch.Tensor, torch.Tensor] | None = None,
-                ) -> tuple[PPNOutput, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Training/auto path: returns (ppn_out, low_res_logits (N,1,4h,4w), iou (N,), object_logit).
+                clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> ForwardOutput:
+        """Training/auto path, one row per (image, class).
 
-        clicks: (coords (N, 1, 2) in model pixels, labels (N, 1)); rows labelled -1 have no click.
-        Clicked rows are decoded as semi mode decodes them: [point, box, extra tokens].
+        clicks: (coords (N, P, 2) in model pixels, labels (N, P)); label -1 marks no click. Clicked
+        rows are decoded as semi mode decodes them: [points, box, extra tokens].
         """
         ppn_out = self.ppn(features)
         sparse, dense, _ = self.prompts_from_ppn(ppn_out, boxes_px)
         rows = self._class_rows(features.batch_size)
         feats = features.select(rows) if self.num_classes > 1 else features
-        clicked = None if clicks is None else clicks[1][:, 0] >= 0
+        clicked = None if clicks is None else (clicks[1] >= 0).any(dim=1)
         if clicked is None or not clicked.any():
             dec = self.backbone.decode(feats, sparse, dense)
-            return ppn_out, dec.low_res_logits, dec.iou, dec.object_logit
-        # Clicked rows carry one more sparse token, so the two groups are decoded separately.
-        coords, labels = clicks
-        idx_click, idx_plain = clicked.nonzero()[:, 0], (~clicked).nonzero()[:, 0]
-        points = self.backbone.prompt_encoder._embed_points(coords[idx_click], labels[idx_click], pad=False)
-        groups = [(idx_click, torch.cat([points, sparse[idx_click]], dim=1))]
-        if len(idx_plain):
-            groups.append((idx_plain, sparse[idx_plain]))
-        outs = [self.backbone.decode(feats.select(idx), s, dense[idx]) for idx, s in groups]
-        back = torch.argsort(torch.cat([idx for idx, _ in groups]))  # grouped order -> row order
-        logits = torch.cat([o.low_res_logits for o in outs])[back]
-        iou = torch.cat([o.iou for o in outs])[back]
-        obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])[back]
-        return ppn_out, logits, iou, obj
+            logits, iou, obj = dec.low_res_logits, dec.iou, dec.object_logit
+        else:
+            # Clicked rows carry more sparse tokens, so the two groups are decoded separately.
+            coords, labels = clicks
+            idx_click, idx_plain = clicked.nonzero()[:, 0], (~clicked).nonzero()[:, 0]
+            points = self.backbone.prompt_encoder._embed_points(coords[idx_click], labels[idx_click], pad=False)
+            groups = [(idx_click, torch.cat([points, sparse[idx_click]], dim=1))]
+            if len(idx_plain):
+                groups.append((idx_plain, sparse[idx_plain]))
+            outs = [self.backbone.decode(feats.select(idx), s, dense[idx]) for idx, s in groups]
+            back = torch.argsort(torch.cat([idx for idx, _ in groups]))  # grouped order -> row order
+            logits = torch.cat([o.low_res_logits for o in outs])[back]
+            iou = torch.cat([o.iou for o in outs])[back]
+            obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])[back]
+        refined = self.refine(feats, logits, clicks)
+        return ForwardOutput(ppn_out, refined, logits, iou, obj)
+
+    def refine(self, feats: FeaturePyramid, logits: torch.Tensor,
+               clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The refiner's logits at model-input size (the decoder's as they are without a refiner)."""
+        if self.refiner is None:
+            return logits
+        if feats.image is None:
+            raise ValueError("the mask refiner needs the model input: encode through Sam2Rad.encode or the training cache")
+        n, size = logits.shape[0], feats.image.shape[-1]
+        coords, labels = clicks if clicks is not None else (None, None)
+        maps = click_maps(coords, labels, n, size, self.refiner_config.click_sigma_px, logits.device)
+        return self.refiner(feats.image, logits, maps, feats.image_embedding)
 
     def _class_rows(self, batch: int) -> torch.Tensor:
         return torch.arange(batch, device=self.device).repeat_interleave(self.num_classes)
@@ -286,14 +342,15 @@ class Sam2Rad(nn.Module):
                     continue
                 pts, box, mask = self._to_model_space(p, enc.geometry)
                 s, d = be.encode_prompts(points=pts, boxes=box, mask_logits=mask)
-                sparse_rows.append((k, s, d))
+                sparse_rows.append((k, s, d, None))
                 boxes.append(box)
-            return self._decode_rows(enc, sparse_rows, mode, manual_boxes=boxes)
+            # Manual mode is the plain backbone: no refiner, whatever the checkpoint holds.
+            return self._decode_rows(enc, sparse_rows, mode, manual_boxes=boxes, refine=False)
         ppn_out = self.ppn(enc.features)
         sparse, dense, box_px = self.prompts_from_ppn(ppn_out)
         rows = []
         for k in range(c):
-            s_k, d_k = sparse[k:k + 1], dense[k:k + 1]
+            s_k, d_k, pts = sparse[k:k + 1], dense[k:k + 1], None
             p = by_class.get(k)
             if p is not None:  # semi: the reader's corrections on top of the predicted prompts
                 pts, box, mask = self._to_model_space(p, enc.geometry)
@@ -303,20 +360,21 @@ class Sam2Rad(nn.Module):
                 s_k = torch.cat([user_sparse, ppn_out.extra_tokens[k:k + 1]], dim=1)
                 if mask is not None:
                     d_k = be.prompt_encoder._embed_masks(mask)
-            rows.append((k, s_k, d_k))
-        return self._decode_rows(enc, rows, mode, predicted_boxes=box_px)
+            rows.append((k, s_k, d_k, pts))
+        return self._decode_rows(enc, rows, mode, predicted_boxes=box_px, refine=True)
 
     def _decode_rows(self, enc: EncodedImage, rows, mode: str, manual_boxes=None,
-                     predicted_boxes=None) -> Prediction:
+                     predicted_boxes=None, refine: bool = True) -> Prediction:
         geom = enc.geometry
         c = self.num_classes
         masks = np.zeros((c, geom.height, geom.width), dtype=bool)
         boxes = np.full((c, 4), np.nan, dtype=np.float32)
         scores = np.zeros(c, dtype=np.float32)
-        for j, (k, s, d) in enumerate(rows):
+        for j, (k, s, d, pts) in enumerate(rows):
             # Rows differ in their number of sparse tokens (points), so decode one at a time.
             out = self.backbone.decode(enc.features, s, d)
-            logits = self.backbone.postprocess(out.low_res_logits, geom)[0]
+            logits = self.refine(enc.features, out.low_res_logits, pts) if refine else out.low_res_logits
+            logits = self.backbone.postprocess(logits, geom)[0]
             masks[k] = (logits > self.mask_threshold).cpu().numpy()
             conf = out.iou.clamp(0, 1)
             if out.object_logit is not None:
@@ -331,10 +389,13 @@ class Sam2Rad(nn.Module):
 
 
 def build_sam2rad(backbone: str | Backbone = "litemedsam", ppn_config: PPNConfig | None = None,
-                  class_names: Sequence[str] = ("bone",), **backbone_kwargs) -> Sam2Rad:
-    """A Sam2Rad with an untrained PPN (train it, or load a checkpoint with sam2rad.checkpoint)."""
+                  class_names: Sequence[str] = ("bone",), refiner_config: RefinerConfig | None = None,
+                  **backbone_kwargs) -> Sam2Rad:
+    """A Sam2Rad with an untrained PPN (train it, or load a checkpoint with sam2rad.checkpoint).
+
+    refiner_config None means no refiner (the PPN and the frozen decoder alone)."""
     from .backbones import build_backbone
 
     bb = build_backbone(backbone, **backbone_kwargs) if isinstance(backbone, str) else backbone
     cfg = ppn_config or PPNConfig(num_classes=len(class_names))
-    return Sam2Rad(bb, cfg, class_names)
+    return Sam2Rad(bb, cfg, class_names, refiner_config=refiner_config)

@@ -163,7 +163,7 @@ class PromptPredictor(nn.Module):
         """The parameter-free part of reading the pyramid, done once: a training cache stores its
         result, which is smaller and saves the pooling on every step (forward then skips it)."""
         return FeaturePyramid(features.image_embedding, [self.pool_level(lvl) for lvl in features.levels],
-                              features.high_res)
+                              features.high_res, features.image)
 
     def _level_tokens(self, index: int, level: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.pool_level(level)

@@ -12,24 +12,28 @@ is exactly the backbone.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .backbones.base import FeaturePyramid, ImageGeometry
+from .augment import augment
+from .backbones.base import FeaturePyramid
+from .clicks import error_click, training_click
 from .data.datasets import Sample
+from .feature_cache import CachedExample, FeatureCache, cat_pyramids
 from .losses import LossWeights, Targets, make_targets, mask_to_model_space, sam2rad_loss
 from .metrics import dice
 from .model import Sam2Rad, build_sam2rad
 from .ppn import PPNConfig
+from .refine import RefinerConfig
+
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
+           "training_click", "augment"]
 
 
 @dataclass
@@ -39,6 +43,7 @@ class TrainConfig:
     input_size: int | None = None
     class_names: tuple[str, ...] = ("bone",)
     ppn: PPNConfig = field(default_factory=PPNConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
     epochs: int = 200
     batch_size: int = 4
     lr: float = 1e-3
@@ -47,7 +52,8 @@ class TrainConfig:
     augment_copies: int = 4  # encoded versions of each training image (copy 0 is the original)
     gt_box_fraction: float = 0.25  # rows trained with the ground-truth box (semi mode)
     box_jitter_px: float = 3.0
-    click_fraction: float = 0.25  # rows trained with one simulated reader click (semi mode)
+    click_fraction: float = 0.25  # rows trained with simulated reader clicks (semi mode)
+    click_rounds: int = 3  # up to this many successive clicks, each on the current prediction's largest error
     val_every: int = 10
     seed: int = 0
     cache: str = "memory"  # "memory", "disk" or "none" (re-encode every epoch; for benchmarks)
@@ -63,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
         if "ppn" in data and isinstance(data["ppn"], dict):
             data["ppn"] = PPNConfig(**data["ppn"])
+        if "refiner" in data and isinstance(data["refiner"], dict):
+            data["refiner"] = RefinerConfig(**data["refiner"])
         if "loss" in data and isinstance(data["loss"], dict):
             data["loss"] = LossWeights(**data["loss"])
         if "class_names" in data:
@@ -81,131 +89,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.epochs < 1 or self.batch_size < 1 or self.augment_copies < 1 or self.val_every < 1:
             raise ValueError("epochs, batch_size, augment_copies and val_every must be >= 1")
+        if self.click_rounds < 1:
+            raise ValueError("click_rounds must be >= 1")
         if len(self.class_names) != self.ppn.num_classes:
             raise ValueError(f"{len(self.class_names)} class names but ppn.num_classes={self.ppn.num_classes}")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
-
-
-# --- augmentation (deterministic per image and copy) ----------------------------------------------
-def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Left-right flip, small zoom/shift, gain and gamma: what changes between scanners and sessions."""
-    img = image.astype(np.float32)
-    m = mask.astype(np.float32)
-    if rng.random() < 0.5:
-        img, m = img[:, ::-1], m[:, ::-1]
-    h, w = img.shape[:2]
-    zoom = rng.uniform(0.9, 1.1)
-    dy, dx = rng.uniform(-0.05, 0.05, 2) * (h, w)
-    theta = torch.tensor([[1 / zoom, 0, -2 * dx / w], [0, 1 / zoom, -2 * dy / h]], dtype=torch.float32)[None]
-    grid = F.affine_grid(theta, (1, 1, h, w), align_corners=False)
-    t_img = torch.from_numpy(np.ascontiguousarray(img)).reshape(1, h, w, -1).permute(0, 3, 1, 2)
-    img = F.grid_sample(t_img, grid, mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
-    m = F.grid_sample(torch.from_numpy(np.ascontiguousarray(m))[None, None], grid, mode="nearest",
-                      align_corners=False)[0, 0].numpy()
-    gamma = rng.uniform(0.8, 1.25)
-    gain = rng.uniform(0.85, 1.15)
-    img = np.clip(255 * gain * (img / 255) ** gamma, 0, 255).astype(np.uint8)
-    img = img[..., 0] if image.ndim == 2 else img
-    return img, m > 0.5
-
-
-@dataclass
-class CachedExample:
-    features: FeaturePyramid  # one row, on CPU
-    geometry: ImageGeometry
-    target: np.ndarray  # (C, S, S) bool masks in model space at the decoder's output side
-    source_mask: np.ndarray  # (C, H, W) bool at source resolution (for validation Dice)
-
-
-class FeatureCache:
-    """Encoded features keyed by (image, augmentation, backbone) hash, in memory and/or on disk."""
-
-    def __init__(self, model: Sam2Rad, kind: str = "memory", folder: str | Path | None = None):
-        self.model, self.kind = model, kind
-        self.folder = Path(folder) if folder else None
-        if self.folder:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        self.memory: dict[str, FeaturePyramid] = {}
-        self.hits = self.misses = 0
-
-    def key(self, image: np.ndarray, tag: str) -> str:
-        h = hashlib.sha256(np.ascontiguousarray(image).tobytes())
-        # Levels are stored pooled (PromptPredictor.pool_levels), so the pooled side is part of the key.
-        pooled = self.model.ppn.cfg.max_level_side
-        h.update(f"{image.shape}|{tag}|{self.model.backbone.fingerprint}|pool{pooled}".encode())
-        return h.hexdigest()[:32]
-
-    @torch.no_grad()
-    def encode(self, image: np.ndarray, tag: str) -> tuple[FeaturePyramid, ImageGeometry]:
-        bb = self.model.backbone
-        geom = bb.geometry(*image.shape[:2])
-        k = self.key(image, tag)
-        if k in self.memory:
-            self.hits += 1
-            return self.memory[k], geom
-        if self.kind == "disk" and self.folder and (self.folder / f"{k}.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            self.hits += 1
-            return _pyramid_from_dict(load_file(str(self.folder / f"{k}.safetensors"))), geom
-        self.misses += 1
-        pixels, _ = bb.preprocess([image])
-        feats = self.model.ppn.pool_levels(bb.encode(pixels)).detach_to("cpu")
-        if self.kind == "memory":
-            self.memory[k] = feats
-        elif self.kind == "disk" and self.folder:
-            from safetensors.torch import save_file
-
-            save_file(_pyramid_to_dict(feats), str(self.folder / f"{k}.safetensors"))
-        return feats, geom
-
-
-def _pyramid_to_dict(p: FeaturePyramid) -> dict[str, torch.Tensor]:
-    out = {"embedding": p.image_embedding.contiguous()}
-    # Backbones hand the embedding on as the coarsest level too; safetensors refuses shared storage.
-    out.update({f"level{i}": (t.clone() if t.data_ptr() == p.image_embedding.data_ptr() else t.contiguous())
-                for i, t in enumerate(p.levels)})
-    if p.high_res is not None:
-        out.update({f"high{i}": t.contiguous() for i, t in enumerate(p.high_res)})
-    return out
-
-
-def _pyramid_from_dict(d: dict[str, torch.Tensor]) -> FeaturePyramid:
-    levels = [d[f"level{i}"] for i in range(sum(k.startswith("level") for k in d))]
-    highs = [d[f"high{i}"] for i in range(sum(k.startswith("high") for k in d))] or None
-    return FeaturePyramid(d["embedding"], levels, highs)
-
-
-def cat_pyramids(items: Sequence[FeaturePyramid], device: torch.device | str = "cpu") -> FeaturePyramid:
-    return FeaturePyramid(
-        torch.cat([p.image_embedding for p in items]).to(device),
-        [torch.cat([p.levels[i] for p in items]).to(device) for i in range(len(items[0].levels))],
-        None if items[0].high_res is None else
-        [torch.cat([p.high_res[i] for p in items]).to(device) for i in range(len(items[0].high_res))],
-    )
-
-
-def training_click(mask: np.ndarray, rng: np.random.Generator, negative_fraction: float = 0.3
-                   ) -> tuple[np.ndarray, int] | None:
-    """A reader-like click for a training row, from its ground truth: usually a foreground click on
-    the structure, sometimes a background click just beside it (inside its box grown by a quarter).
-    Returns ((x, y) in mask pixels, label) or None for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    if rng.random() < negative_fraction:
-        h, w = mask.shape
-        gy, gx = max(2, (ys.max() - ys.min()) // 4), max(2, (xs.max() - xs.min()) // 4)
-        y0, y1 = max(0, ys.min() - gy), min(h, ys.max() + gy + 1)
-        x0, x1 = max(0, xs.min() - gx), min(w, xs.max() + gx + 1)
-        by, bx = np.nonzero(~mask[y0:y1, x0:x1])
-        if len(bx):
-            i = rng.integers(len(bx))
-            return np.array([bx[i] + x0, by[i] + y0], np.float32), 0
-    i = rng.integers(len(xs))
-    return np.array([xs[i], ys[i]], np.float32), 1
 
 
 def class_masks(sample: Sample, num_classes: int) -> np.ndarray:
@@ -241,7 +131,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         # SAM2 without a local checkpoint trains on random weights: only useful for tests.
         pretrained = cfg.backbone == "litemedsam" or cfg.backbone_checkpoint is not None
-        self.model = model or build_sam2rad(cfg.backbone, cfg.ppn, cfg.class_names,
+        refiner = cfg.refiner if cfg.refiner.enabled else None
+        self.model = model or build_sam2rad(cfg.backbone, cfg.ppn, cfg.class_names, refiner_config=refiner,
                                             checkpoint=cfg.backbone_checkpoint, input_size=cfg.input_size,
                                             pretrained=pretrained)
         self.model.to(self.device)
@@ -259,7 +150,8 @@ class Trainer:
             aug = [augment(sample.image, m, np.random.default_rng([seed, index, copy])) for m in masks]
             img, ms = aug[0][0], np.stack([a[1] for a in aug])
         feats, geom = self.cache.encode(img, f"{tag}:{sample.name}:{copy}:{seed}")
-        out_side = bb.prompt_encoder.mask_input_size[0]
+        # Targets at the finest output: the refiner's (model input) or else the decoder's.
+        out_side = bb.input_size if self.model.refiner is not None else bb.prompt_encoder.mask_input_size[0]
         target = np.stack([mask_to_model_space(m, geom, bb.input_size, out_side) for m in ms])
         return CachedExample(feats, geom, target, ms)
 
@@ -280,26 +172,63 @@ class Trainer:
             gt += torch.as_tensor(rng.normal(0, self.cfg.box_jitter_px, gt.shape), dtype=torch.float32)
             gt[~torch.as_tensor(use_gt)] = float("nan")
             boxes = gt.to(self.device)
-        clicks = None
         use_click = rng.random(n) < self.cfg.click_fraction
-        if use_click.any():
-            coords = np.zeros((n, 1, 2), np.float32)
-            labels = np.full((n, 1), -1, np.int64)
-            for row in np.nonzero(use_click)[0]:
-                click = training_click(masks[row], rng)
-                if click is not None:
-                    # Pixel indices, like a reader's click (the prompt encoder adds the half pixel).
-                    coords[row, 0] = click[0] * size / masks[row].shape[-1]
-                    labels[row, 0] = click[1]
-            clicks = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labels, device=self.device))
+        clicks = self._simulate_clicks(feats, boxes, masks, np.nonzero(use_click)[0], rng) if use_click.any() else None
         return feats, targets, boxes, clicks
+
+    @torch.no_grad()
+    def _simulate_clicks(self, feats: FeaturePyramid, boxes: torch.Tensor | None, masks: list[np.ndarray],
+                         rows: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clicks for `rows` as a reader makes them: 1..click_rounds successive clicks, each on the
+        largest error of the prediction made with the clicks so far (SAM-style interactive training).
+        Returns (coords (N, R, 2) in model pixels, labels (N, R)); -1 labels mark no click."""
+        n, rounds = len(masks), int(rng.integers(1, self.cfg.click_rounds + 1))
+        size = self.model.backbone.input_size
+        coords = torch.zeros(n, rounds, 2, device=self.device)
+        labels = torch.full((n, rounds), -1, dtype=torch.long, device=self.device)
+        c = self.model.num_classes
+        images = np.unique(rows // c)  # the forward pass makes every class row of an image
+        covered = (images[:, None] * c + np.arange(c)).ravel()
+        position = {int(row): i for i, row in enumerate(covered)}
+        cov = torch.as_tensor(covered, device=self.device)
+        sub = feats.select(torch.as_tensor(images, device=self.device))
+        sub_boxes = None if boxes is None else boxes[cov]
+        for r in range(rounds):
+            if r == 0 and rng.random() < 0.5:
+                # Half the first clicks come from the ground truth alone (a reader's first click
+                # need not follow the model's error), which keeps the first-click prior broad.
+                preds = None
+            else:
+                out = self.model(sub, sub_boxes, (coords[cov, :r], labels[cov, :r]) if r else None)
+                preds = (out.logits[:, 0] > 0).cpu().numpy()
+            for row in rows:
+                gt = masks[row]
+                if not gt.any():  # nothing to click on: the row stays unclicked
+                    continue
+                if preds is None:
+                    click = training_click(gt, rng)
+                    if click is None:
+                        continue
+                    xy, label = click
+                    x, y = float(xy[0]), float(xy[1])
+                else:
+                    pred = preds[position[int(row)]]
+                    if pred.shape != gt.shape:
+                        pred = np.asarray(torch.nn.functional.interpolate(
+                            torch.as_tensor(pred, dtype=torch.float32)[None, None], size=gt.shape)[0, 0] > 0.5)
+                    (x, y), label = error_click(pred, gt)
+                # Pixel indices, like a reader's click (the prompt encoder adds the half pixel).
+                coords[row, r] = torch.tensor([x * size / gt.shape[-1], y * size / gt.shape[-2]])
+                labels[row, r] = label
+        return coords, labels
 
     @torch.no_grad()
     def validate(self, examples: list[CachedExample]) -> float:
         self.model.eval()
         scores = []
         for e in examples:
-            _, logits, _, obj = self.model(cat_pyramids([e.features], self.device))
+            out = self.model(cat_pyramids([e.features], self.device))
+            logits, obj = out.logits, out.object_logit
             for k in range(self.model.num_classes):
                 pred = (self.model.backbone.postprocess(logits[k:k + 1], e.geometry)[0] > 0).cpu().numpy()
                 if obj is not None and obj[k] < 0:
@@ -344,8 +273,10 @@ class Trainer:
                 else:
                     batch = [train_ex[i * copies + c] for i, c in picks]
                 feats, targets, boxes, clicks = self._batch(batch, rng)
-                ppn_out, logits, _, obj = self.model(feats, boxes, clicks)
-                loss, parts = sam2rad_loss(logits, ppn_out.box_norm, ppn_out.mask_logits, obj, targets, cfg.loss)
+                out = self.model(feats, boxes, clicks)
+                refined = out.logits if self.model.refiner is not None else None
+                loss, parts = sam2rad_loss(out.decoder_logits, out.ppn.box_norm, out.ppn.mask_logits,
+                                           out.object_logit, targets, cfg.loss, refined_logits=refined)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -356,7 +287,7 @@ class Trainer:
             if val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
                 row["val_dice"] = self.validate(self._examples(val, 1, cfg.seed, "val") if uncached else val_ex)
                 if row["val_dice"] > best[0]:
-                    state = {k: v.detach().clone() for k, v in self.model.ppn.state_dict().items()}
+                    state = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
                     best = (row["val_dice"], epoch, state, time.perf_counter() - start)
             row["seconds"] = time.perf_counter() - start  # since fit began (benchmarks project from it)
             history.append(row)
@@ -364,7 +295,9 @@ class Trainer:
                 bar.set_postfix({k: round(v, 4) for k, v in row.items() if k not in ("epoch", "seconds")})
             self.log(json.dumps(row))
         if best[2] is not None:
-            self.model.ppn.load_state_dict(best[2])
+            self.model.load_trainable_state(best[2])
+        else:  # no validation: a fixed schedule, the final weights
+            best = (float("nan"), cfg.epochs, None, 0.0)
         elapsed = time.perf_counter() - start
         self.model.eval()
         return TrainResult(self.model, best[0], best[1], history, elapsed,
@@ -378,6 +311,41 @@ def _progress(it, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(it, desc=desc, unit="epoch", dynamic_ncols=True)
+
+
+# With this few labelled images a hold-out costs more than it tells: 2 of 10 images are a fifth of
+# the training signal, and a 2-image validation Dice is too noisy to pick an epoch by.
+SMALL_DATASET = 20
+
+
+@dataclass
+class TrainingPlan:
+    train: list[Sample]
+    val: list[Sample]
+    note: str  # what was chosen and why, for the user and the model card
+
+
+def plan_training(samples: Sequence[Sample], val_samples: Sequence[Sample] | None = None,
+                  val_fraction: float | None = None, seed: int = 0) -> TrainingPlan:
+    """Which images train and which validate: explicit validation data if given; with at most
+    SMALL_DATASET images and no val_fraction, all of them train on a fixed schedule (final weights);
+    otherwise val_fraction (default 0.2) is held out to pick the best epoch."""
+    from .data.datasets import InMemoryDataset, train_val_split
+
+    samples = list(samples)
+    if val_samples:
+        return TrainingPlan(samples, list(val_samples), f"{len(samples)} images train; {len(val_samples)} "
+                            "given validation images pick the best epoch")
+    if val_fraction is None and len(samples) <= SMALL_DATASET:
+        return TrainingPlan(samples, [], f"all {len(samples)} images train on a fixed schedule and the final "
+                            f"weights are kept (<= {SMALL_DATASET} labelled images: no hold-out; pass "
+                            "--val-fraction or --val-data to hold some out)")
+    fraction = 0.2 if val_fraction is None else val_fraction
+    if fraction == 0:
+        return TrainingPlan(samples, [], f"all {len(samples)} images train (val fraction 0); final weights kept")
+    tr, va = train_val_split(InMemoryDataset(samples), fraction, seed=seed)
+    return TrainingPlan(list(tr), list(va), f"{len(tr)} images train; {len(va)} held out "
+                        f"(val fraction {fraction:g}) pick the best epoch")
 
 
 def training_summary(train: Sequence[Sample], val: Sequence[Sample], cfg: TrainConfig, result: TrainResult,

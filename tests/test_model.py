@@ -121,7 +121,8 @@ def test_sam2_tiny_512_end_to_end_shapes(sam2_tiny):
         assert feats.image_embedding.shape == (2, 256, 32, 32)
         assert [tuple(x.shape) for x in feats.levels] == [(2, 256, 32, 32), (2, 256, 64, 64), (2, 256, 128, 128)]
         assert [tuple(x.shape) for x in feats.high_res] == [(2, 32, 128, 128), (2, 64, 64, 64)]
-        ppn_out, logits, iou, obj = sam2_tiny(feats)
+        out = sam2_tiny(feats)
+        ppn_out, logits, iou, obj = out.ppn, out.logits, out.iou, out.object_logit
     assert ppn_out.box_norm.shape == (2, 4)
     assert ((ppn_out.box_norm >= 0) & (ppn_out.box_norm <= 1)).all()
     assert ppn_out.mask_logits.shape == (2, 1, 128, 128)
@@ -156,8 +157,8 @@ def test_one_step_changes_only_the_ppn(which, request):
     out_side = bb.prompt_encoder.mask_input_size[0]
     targets = make_targets([mask_to_model_space(band, geoms[0], bb.input_size, out_side)])
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
-    ppn_out, logits, _, obj = model(feats)
-    loss, parts = sam2rad_loss(logits, ppn_out.box_norm, ppn_out.mask_logits, obj, targets)
+    out = model(feats)
+    loss, parts = sam2rad_loss(out.decoder_logits, out.ppn.box_norm, out.ppn.mask_logits, out.object_logit, targets)
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -162,8 +162,9 @@ def test_forward_with_clicks_decodes_clicked_rows_like_semi_mode(trained):
     coords = torch.tensor([[[100.0, 120.0]], [[0.0, 0.0]], [[40.0, 60.0]]])
     labels = torch.tensor([[1], [-1], [0]])
     with torch.no_grad():
-        _, plain, _, _ = model(feats)
-        ppn_out, clicked, _, _ = model(feats, clicks=(coords, labels))
+        plain = model(feats).decoder_logits
+        out = model(feats, clicks=(coords, labels))
+        clicked, ppn_out = out.decoder_logits, out.ppn
         sparse, dense, _ = model.prompts_from_ppn(ppn_out)
         point = model.backbone.prompt_encoder._embed_points(coords[:1], labels[:1], pad=False)
         expected = model.backbone.decode(feats.select([0]), torch.cat([point, sparse[:1]], 1), dense[:1])

@@ -10,9 +10,9 @@ from flows.cli.output import fail
 
 
 def train(
-    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]], an imgs/gts PNG folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
-    val_data: Optional[str] = typer.Option(None, help="Validation data (same forms). Default: --val-fraction of --data."),
-    val_fraction: float = typer.Option(0.2, help="Fraction of --data held out for validation when --val-data is not given."),
+    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), an imgs/gts PNG folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
+    val_data: Optional[str] = typer.Option(None, help="Validation data (same forms); the best epoch on it is kept."),
+    val_fraction: Optional[float] = typer.Option(None, help="Fraction of --data held out to pick the best epoch. Default: none for 20 or fewer images (all train, fixed schedule, final weights), else 0.2."),
     out: Path = typer.Option(Path("checkpoints/sam2rad_ppn.safetensors"), help="Checkpoint to write (a .json model card goes beside it)."),
     config: Optional[Path] = typer.Option(None, help="JSON or YAML file with TrainConfig fields; flags below override it."),
     backbone: Optional[str] = typer.Option(None, help="litemedsam (default) or sam2[.1]_hiera_{t,s,b+,l}."),
@@ -35,8 +35,7 @@ def train(
     from pipeline.training_data import load_data_spec
     from sam2rad.checkpoint import save_checkpoint
     from sam2rad.config_file import train_config_from
-    from sam2rad.data.datasets import InMemoryDataset, train_val_split
-    from sam2rad.train import Trainer, training_summary
+    from sam2rad.train import Trainer, plan_training, training_summary
 
     torch.set_num_threads(threads)
     flags = dict(backbone=backbone, backbone_checkpoint=backbone_checkpoint, input_size=input_size, epochs=epochs,
@@ -45,26 +44,30 @@ def train(
     try:
         cfg = train_config_from(config, flags)
         samples, source = load_data_spec(data)
-        if val_data:
-            train_set, val_set = samples, load_data_spec(val_data)[0]
-        else:
-            tr, va = train_val_split(InMemoryDataset(samples), val_fraction, seed=cfg.seed)
-            train_set, val_set = list(tr), list(va)
+        plan = plan_training(samples, load_data_spec(val_data)[0] if val_data else None, val_fraction, cfg.seed)
     except ValueError as exc:
         fail(str(exc))
-    typer.echo(f"training PPN on {cfg.backbone}: {len(train_set)} train / {len(val_set)} val images ({source})")
+    train_set, val_set = plan.train, plan.val
+    refiner = "with the mask refiner" if cfg.refiner.enabled else "without a refiner"
+    typer.echo(f"training PPN on {cfg.backbone} {refiner}, {cfg.epochs} epochs ({source}): {plan.note}")
     result = Trainer(cfg, device=device).fit(train_set, val_set)
-    card = save_checkpoint(result.model, out, training_summary(train_set, val_set, cfg, result, source),
-                           {"best_val_dice_auto": result.best_val_dice})
-    typer.echo(f"best validation Dice (auto) {result.best_val_dice:.3f} at epoch {result.best_epoch}; "
-               f"{result.seconds:.0f} s; {result.encodings} encoder passes")
+    summary = training_summary(train_set, val_set, cfg, result, source) | {"plan": plan.note}
+    card = save_checkpoint(result.model, out, summary,
+                           {"best_val_dice_auto": result.best_val_dice} if val_set else {})
+    if val_set:
+        typer.echo(f"best validation Dice (auto) {result.best_val_dice:.3f} at epoch {result.best_epoch}; "
+                   f"{result.seconds:.0f} s; {result.encodings} encoder passes")
+    else:
+        typer.echo(f"trained {result.best_epoch} epochs on all {len(train_set)} images, final weights kept; "
+                   f"{result.seconds:.0f} s; {result.encodings} encoder passes")
     typer.echo(f"wrote {out} (+ {out.with_suffix('.json').name}), backbone {card.backbone_fingerprint}")
 
 
 def evaluate(
     checkpoint: Optional[Path] = typer.Option(None, help="PPN checkpoint (default: the shipped demo checkpoint)."),
-    data: str = typer.Option("synthetic:50:7", help="Test data: synthetic:N[:SEED[:SIZE]], an imgs/gts folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
-    modes: str = typer.Option("auto,manual_gt_box,semi_click", help="Comma list of auto, manual_gt_box (zero-shot baseline), semi_click (one simulated click)."),
+    data: str = typer.Option("synthetic:50:7", help="Test data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), an imgs/gts folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
+    modes: str = typer.Option("auto,manual_gt_box,semi_click", help="Comma list of auto, manual_gt_box (zero-shot baseline), semi_click (simulated reader clicks)."),
+    clicks: int = typer.Option(1, min=1, max=50, help="semi_click: successive simulated clicks, each on the largest error region of the current prediction; one row per click count, NoC@85/NoC@90 in the summary."),
     out_dir: Path = typer.Option(Path("runs/evaluate"), help="Where per-image and summary CSVs go."),
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
@@ -74,16 +77,22 @@ def evaluate(
 
     from pipeline.training_data import load_data_spec
     from sam2rad.checkpoint import CheckpointError, load_checkpoint
-    from sam2rad.evaluate import evaluate_model, format_table, summarise, write_csv
+    from sam2rad.evaluate import (click_statistics, evaluate_model, format_click_statistics, format_table,
+                                  summarise, write_csv)
 
     torch.set_num_threads(threads)
     try:
         model = load_checkpoint(checkpoint, backbone_checkpoint=backbone_checkpoint)
         samples, source = load_data_spec(data)
-        rows = evaluate_model(model, samples, [m.strip() for m in modes.split(",") if m.strip()], progress=True)
+        rows = evaluate_model(model, samples, [m.strip() for m in modes.split(",") if m.strip()], progress=True,
+                              clicks=clicks)
     except (ValueError, CheckpointError) as exc:
         fail(str(exc))
     summary = summarise(rows)
+    stats = click_statistics(rows)
+    for line in summary:  # the interactive figures ride along on every summary row (one CSV)
+        line.update({k: v for k, v in stats.items() if k.startswith("noc")})
     write_csv(rows, out_dir / "per_image.csv")
     write_csv(summary, out_dir / "summary.csv")
-    typer.echo(f"{source}\n{format_table(summary)}\nCSV: {out_dir / 'per_image.csv'}, {out_dir / 'summary.csv'}")
+    clicks_line = f"\n{format_click_statistics(stats)}" if stats else ""
+    typer.echo(f"{source}\n{format_table(summary)}{clicks_line}\nCSV: {out_dir / 'per_image.csv'}, {out_dir / 'summary.csv'}")

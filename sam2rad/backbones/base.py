@@ -34,11 +34,13 @@ class FeaturePyramid:
     image_embedding: (B, D, h, w) the mask decoder's image input (D = decoder width, 256).
     levels: the PPN's keys/values, coarse to fine, each (B, C_i, h_i, w_i).
     high_res: SAM2 only: the decoder's extra high-resolution features (s0, s1), else None.
+    image: (B, 1, S, S) the grey model input itself, for the mask refiner (None when not kept).
     """
 
     image_embedding: torch.Tensor
     levels: list[torch.Tensor]
     high_res: list[torch.Tensor] | None = None
+    image: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -51,6 +53,7 @@ class FeaturePyramid:
             self.image_embedding.index_select(0, idx),
             [lvl.index_select(0, idx) for lvl in self.levels],
             None if self.high_res is None else [h.index_select(0, idx) for h in self.high_res],
+            None if self.image is None else self.image.index_select(0, idx),
         )
 
     def detach_to(self, device: torch.device | str = "cpu") -> "FeaturePyramid":
@@ -58,6 +61,7 @@ class FeaturePyramid:
             self.image_embedding.detach().to(device),
             [lvl.detach().to(device) for lvl in self.levels],
             None if self.high_res is None else [h.detach().to(device) for h in self.high_res],
+            None if self.image is None else self.image.detach().to(device),
         )
 
 

@@ -1,0 +1,67 @@
+"""Training augmentation: what changes between scanners, probes, presets and readers' framing.
+
+Ultrasound differs between sites mostly in how the image is formed, not in what it shows: gain and
+time-gain compensation (brightness that changes with depth), dynamic range and grey map (the
+intensity curve), speckle size (probe frequency, lateral resolution), and framing (depth, zoom,
+probe angle). A model trained on 10 images of one scanner meets the others only through these
+transforms. Deterministic for a given generator, so cached (image, augmentation) encodings can be
+reused.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+
+def _geometric(img: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flip, zoom, rotation and shift, one affine warp for image (bilinear) and mask (nearest)."""
+    if rng.random() < 0.5:
+        img, m = img[:, ::-1], m[:, ::-1]
+    h, w = img.shape[:2]
+    zoom = rng.uniform(0.8, 1.2)
+    angle = math.radians(rng.uniform(-12, 12))
+    dy, dx = rng.uniform(-0.08, 0.08, 2) * (h, w)
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    # affine_grid works in normalised coordinates; the aspect ratio keeps rotations rigid.
+    theta = torch.tensor([[cos, -sin * h / w, -2 * dx / w], [sin * w / h, cos, -2 * dy / h]],
+                         dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, (1, 1, h, w), align_corners=False)
+    t_img = torch.from_numpy(np.ascontiguousarray(img)).reshape(1, h, w, -1).permute(0, 3, 1, 2)
+    img = F.grid_sample(t_img, grid, mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    m = F.grid_sample(torch.from_numpy(np.ascontiguousarray(m))[None, None], grid, mode="nearest",
+                      align_corners=False)[0, 0].numpy()
+    return img, m
+
+
+def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gain, depth gain (TGC), grey map, speckle grain and blur on a float image in [0, 255]."""
+    h = img.shape[0]
+    x = img / 255.0
+    # Time-gain compensation set differently: brightness ramps up or down with depth.
+    ramp = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    x = x * np.exp(rng.uniform(-0.5, 0.5) * ramp) * rng.uniform(0.75, 1.3)
+    # Speckle grain: a finer or coarser texture, as another probe frequency gives.
+    if rng.random() < 0.5:
+        sigma = rng.uniform(0.4, 1.2)
+        x = ndimage.gaussian_filter(x, (sigma, sigma, 0))
+    if rng.random() < 0.3:
+        x = x * (1 + rng.uniform(0.05, 0.2) * rng.standard_normal(x.shape).astype(np.float32))
+    # Grey map / dynamic range: gamma and a soft contrast curve.
+    x = np.clip(x, 0, 1) ** rng.uniform(0.65, 1.5)
+    if rng.random() < 0.5:
+        k = rng.uniform(2.0, 6.0)
+        lo, hi = 1 / (1 + math.exp(k / 2)), 1 / (1 + math.exp(-k / 2))
+        x = (1 / (1 + np.exp(-k * (x - 0.5))) - lo) / (hi - lo)
+    return np.clip(255 * x, 0, 255)
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An augmented (image, mask) pair: uint8 image of the input's shape, bool mask."""
+    img, m = _geometric(image.astype(np.float32), mask.astype(np.float32), rng)
+    img = _photometric(img, rng).astype(np.uint8)
+    img = img[..., 0] if image.ndim == 2 else img
+    return img, m > 0.5

@@ -1,0 +1,55 @@
+"""Simulated reader clicks: for training rows and for evaluating interactive correction.
+
+A reader clicks where the mask is most wrong: inside the largest missed region (a foreground
+click) or the largest false region (a background click), at its innermost pixel.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def error_click(pred: np.ndarray, gt: np.ndarray) -> tuple[list[float], int]:
+    """The click a reader would make on `pred`: (x, y) in pixels and the label (1 add, 0 remove).
+
+    With nothing wrong it returns a foreground click on the structure (a no-op for a good model).
+    """
+    fn, fp = gt & ~pred, pred & ~gt
+    if not fn.any() and not fp.any():
+        ys, xs = np.nonzero(gt) if gt.any() else (np.array([gt.shape[0] // 2]), np.array([gt.shape[1] // 2]))
+        return [float(xs[len(xs) // 2]), float(ys[len(ys) // 2])], 1
+    best = None
+    for error, label in ((fn, 1), (fp, 0)):
+        if not error.any():
+            continue
+        labels, n = ndimage.label(error)
+        sizes = ndimage.sum(error, labels, range(1, n + 1))
+        k = int(np.argmax(sizes))
+        if best is None or sizes[k] > best[0]:
+            best = (sizes[k], labels == k + 1, label)
+    _, region, label = best
+    # Innermost pixel of the region: its distance to the region's border is largest.
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return [float(x), float(y)], label
+
+
+def training_click(mask: np.ndarray, rng: np.random.Generator, negative_fraction: float = 0.3
+                   ) -> tuple[np.ndarray, int] | None:
+    """A reader-like click for a training row, from its ground truth: usually a foreground click on
+    the structure, sometimes a background click just beside it (inside its box grown by a quarter).
+    Returns ((x, y) in mask pixels, label) or None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    if rng.random() < negative_fraction:
+        h, w = mask.shape
+        gy, gx = max(2, (ys.max() - ys.min()) // 4), max(2, (xs.max() - xs.min()) // 4)
+        y0, y1 = max(0, ys.min() - gy), min(h, ys.max() + gy + 1)
+        x0, x1 = max(0, xs.min() - gx), min(w, xs.max() + gx + 1)
+        by, bx = np.nonzero(~mask[y0:y1, x0:x1])
+        if len(bx):
+            i = rng.integers(len(bx))
+            return np.array([bx[i] + x0, by[i] + y0], np.float32), 0
+    i = rng.integers(len(xs))
+    return np.array([xs[i], ys[i]], np.float32), 1

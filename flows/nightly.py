@@ -22,9 +22,10 @@ from pipeline.inference import seg_algorithm_for
 from pipeline.ledger import Ledger
 from pipeline.night_summary import night_summary, summary_markdown
 from pipeline.pacs import Outbox, PacsError, PacsSettings, drain, open_archive
-from pipeline.run_tables import study_metrics, write_tables
+from pipeline.pacs.base import safe_uid
+from pipeline.run_tables import study_metrics, write_rejected_table, write_tables
 from pipeline.seg import SegWriter
-from pipeline.studies import StudyRef, parse_window
+from pipeline.studies import RejectedFile, StudyRef, parse_window
 from pipeline.study_processing import InstanceRecorder, StudyResult, process_study
 
 SUMMARY_ARTIFACT = "sam2rad-nightly-summary"
@@ -54,11 +55,16 @@ def _settings(source_kind: str, inbox: str | None, outbox: str | None, output_di
 
 @task(name="discover-studies", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_io,
       cache_policy=NO_CACHE)
-def discover_studies(settings: PacsSettings, start_date: str | None, end_date: str | None) -> list[StudyRef]:
+def discover_studies(settings: PacsSettings, start_date: str | None,
+                     end_date: str | None) -> tuple[list[StudyRef], list[RejectedFile]]:
+    """The window's studies, and the files the archive refused (not DICOM, invalid UIDs, FIFOs, links out)."""
     window = parse_window(start_date, end_date)
-    studies = open_archive(settings).discover(window)
-    get_run_logger().info("%d studies with US in %s", len(studies), window.dicom_range())
-    return studies
+    archive = open_archive(settings)
+    studies = archive.discover(window)
+    rejected = list(getattr(archive, "rejected", []))
+    get_run_logger().info("%d studies with US in %s; %d files rejected", len(studies), window.dicom_range(),
+                          len(rejected))
+    return studies, rejected
 
 
 @task(name="drain-store-outbox", retries=1, retry_delay_seconds=5, retry_condition_fn=transient_io,
@@ -102,7 +108,7 @@ def segment_study(settings: PacsSettings, sink_settings: PacsSettings, ref: Stud
     sink = archive if sink_settings == settings else open_archive(sink_settings)
     recorder = InstanceRecorder(Ledger(ledger_path), algorithm.fingerprint, ref.study_uid, sink,
                                 Outbox(sink_settings.store_outbox), sink_settings.retry_policy(), dry_run)
-    seg_dir = Path(run_dir) / "segs" / ref.study_uid
+    seg_dir = Path(run_dir) / "segs" / safe_uid(ref.study_uid, "StudyInstanceUID")  # checked before any path
     seg_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sam2rad-fetch-") as staging:
         fetched = archive.fetch(ref, Path(staging))
@@ -148,8 +154,9 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     from sam2rad.checkpoint import code_version  # torch loads here, not when the flow module is imported
 
     drained = 0 if dry_run else drain_previous_failures(sink_settings, ledger_file)
-    studies = [s for s in discover_studies(settings, start_date, end_date)
-               if _in_shard(s.study_uid, shard_index, shard_count)]
+    found, rejected = discover_studies(settings, start_date, end_date)
+    studies = [s for s in found if _in_shard(s.study_uid, shard_index, shard_count)]
+    rejected = rejected if shard_index == 0 else []  # one shard reports them, not every shard
     ensure_gpu_limit()
     results: list[StudyResult] = []
     study_errors: dict[str, str] = {}
@@ -167,7 +174,9 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
 
     rows = [row for result in results for row in result.rows]
     tables = write_tables(rows, run_dir, "nightly") if rows else None
-    summary = night_summary(results, rows, drained, time.perf_counter() - start, window, run_dir, dry_run)
+    rejected_table = write_rejected_table(rejected, run_dir, "nightly") if rejected else None
+    summary = night_summary(results, rows, drained, time.perf_counter() - start, window, run_dir, dry_run,
+                            rejected=rejected)
     summary["study_errors"] = study_errors
     create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown=summary_markdown(summary),
                              description="Nightly run summary")
@@ -177,7 +186,10 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     logger.info(summary["headline"])
     if study_errors:  # tables and artifacts are written; the run still says it did not finish
         raise RuntimeError(f"{len(study_errors)} of {len(studies)} studies failed: {study_errors}")
-    return summary | {"tables": {k: str(v) for k, v in dataclasses.asdict(tables).items()} if tables else {}}
+    table_paths = {k: str(v) for k, v in dataclasses.asdict(tables).items()} if tables else {}
+    if rejected_table:
+        table_paths["rejected_csv"] = str(rejected_table)
+    return summary | {"tables": table_paths}
 
 
 if __name__ == "__main__":

@@ -108,6 +108,6 @@ def segment_instance(instance: UsInstance, model: SegmentationModel, writer: Seg
         # Not a property of this instance (out of memory, no GPU slot in time): the orchestrator decides.
         raise
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the batch
-        log.warning("instance %s failed: %s: %s", instance.sop_uid, type(exc).__name__, exc)
         row = InstanceMetrics.for_failure(instance, exc, writer.algorithm, time.perf_counter() - start)
+        log.warning("instance %s failed: %s", instance.sop_uid, row.error)  # redacted: no patient values
         return InstanceOutcome(row, None, instance.n_frames)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from pipeline.decode import (
 )
 from pipeline.ingest_checks import (
     PIXEL_DATA_TAG,
+    valid_uids_only,
     geometry_issue,
+    identity_issue,
     int_attr,
     make_issue,
     pixel_data_issue,
@@ -53,11 +56,8 @@ def instance_from_header(
     header: Dataset, path: Path | None, limits: IngestLimits = IngestLimits(), in_memory: Dataset | None = None
 ) -> UsInstance | IngestIssue:
     """Classify and validate a header; an UsInstance when it is a segmentable ultrasound image."""
-    issue = sop_class_issue(path, header)
-    if issue is None:
-        missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not text_attr(header, k)]
-        if missing:
-            issue = make_issue(path, IssueKind.FAILED, IssueCode.MISSING_IDENTITY, f"missing {', '.join(missing)}", header)
+    issue = identity_issue(path, header)  # first: no row, path or SEG is made from an invalid UID
+    issue = issue or sop_class_issue(path, header)
     issue = issue or geometry_issue(path, header, limits) or pixel_format_issue(path, header)
     if issue is not None:
         return issue
@@ -85,18 +85,30 @@ def read_instance(path: str | os.PathLike[str], limits: IngestLimits = IngestLim
     """Read one file: an UsInstance, or an IngestIssue saying why not. Never raises for bad input."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block forever, a device never end
+            return make_issue(path, IssueKind.FAILED, IssueCode.NOT_REGULAR_FILE,
+                              "not a regular file (FIFO, socket or device); not opened")
         with suppress_dicom_warnings():
             header = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
         return make_issue(path, IssueKind.FAILED, IssueCode.NOT_DICOM, "not a DICOM file (no DICM preamble/header)")
+    except RecursionError:
+        return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, "DICOM header nests sequences too deeply to read")
     except Exception as exc:  # pydicom raises many kinds on damaged headers
         return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, f"DICOM header cannot be read: {type(exc).__name__}")
     if "SOPClassUID" not in header and "SOPInstanceUID" not in header:
         return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, "DICOM header has no SOP Class/Instance UID (damaged file?)")
-    result = instance_from_header(header, path, limits)
-    if isinstance(result, IngestIssue):
-        return result
-    return pixel_data_issue(path, header, result.n_frames) or result
+    try:
+        result = instance_from_header(header, path, limits)
+        if isinstance(result, IngestIssue):
+            return result
+        return pixel_data_issue(path, header, result.n_frames) or result
+    except RecursionError:
+        return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, "DICOM file nests sequences too deeply to read")
+    except Exception as exc:  # noqa: BLE001 - a check tripping on an odd value fails this file only
+        # The exception's text may quote a value (PHI): only its type is kept.
+        return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE,
+                          f"header check failed: {type(exc).__name__}", valid_uids_only(header))
 
 
 def instance_from_dataset(ds: Dataset, limits: IngestLimits = IngestLimits()) -> UsInstance | IngestIssue:
@@ -117,8 +129,9 @@ def discover_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     found: set[Path] = set()
     for p in map(Path, paths):
         if p.is_dir():
-            found.update(f for f in p.rglob("*") if f.is_file())
-        elif p.is_file():
+            # Everything but folders: a FIFO or a socket becomes an issue row (never opened), not a silent gap.
+            found.update(f for f in p.rglob("*") if not f.is_dir())
+        elif p.exists() or p.is_symlink():
             found.add(p)
         else:
             raise FileNotFoundError(f"input path does not exist: {p}")

@@ -13,6 +13,7 @@ from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundMultiFrameImageS
 
 from pipeline.decode import photometric_problem, suppress_dicom_warnings, transfer_syntax_problem
 from pipeline.sop_classes import SEG_SOP_CLASSES, ULTRASOUND_SOP_CLASSES
+from pipeline.uid_check import is_valid_uid, uid_problem
 from pipeline.us_records import IngestIssue, IngestLimits, IssueCode, IssueKind
 
 PIXEL_DATA_TAG = 0x7FE00010
@@ -111,8 +112,43 @@ def geometry_issue(path: Path | None, ds: Dataset, limits: IngestLimits) -> Inge
     return None
 
 
+# The Image Pixel module's Type 1 attributes ingest and decoding rely on (Rows/Columns: geometry_issue).
+_REQUIRED_PIXEL_ATTRIBUTES = ("BitsAllocated", "BitsStored", "SamplesPerPixel", "PhotometricInterpretation")
+
+
+def identity_issue(path: Path | None, ds: Dataset) -> IngestIssue | None:
+    """Missing or invalid Study/Series/SOP Instance UIDs (checked before any path is built from them)."""
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not text_attr(ds, k)]
+    if missing:
+        return make_issue(path, IssueKind.FAILED, IssueCode.MISSING_IDENTITY, f"missing {', '.join(missing)}",
+                          valid_uids_only(ds))
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        problem = uid_problem(text_attr(ds, keyword), keyword)
+        if problem is not None:
+            return make_issue(path, IssueKind.FAILED, IssueCode.INVALID_UID, problem, valid_uids_only(ds))
+    return None
+
+
+def valid_uids_only(ds: Dataset) -> Dataset:
+    """A copy of the identity with invalid UIDs left out, so a row never carries '../../x'."""
+    kept = Dataset()
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if is_valid_uid(text_attr(ds, keyword)):
+            setattr(kept, keyword, text_attr(ds, keyword))
+    if text_attr(ds, "Modality"):
+        kept.Modality = text_attr(ds, "Modality")[:16]
+    return kept
+
+
 def pixel_format_issue(path: Path | None, ds: Dataset) -> IngestIssue | None:
     fail = IssueKind.FAILED
+    for keyword in _REQUIRED_PIXEL_ATTRIBUTES:
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            return make_issue(path, fail, IssueCode.UNSUPPORTED_PIXEL_FORMAT,
+                              f"{keyword} is missing (Image Pixel module, Type 1)", ds)
+    for keyword in ("BitsAllocated", "BitsStored", "SamplesPerPixel"):
+        if int_attr(ds, keyword) is None or int_attr(ds, keyword) < 1:  # type: ignore[operator]
+            return make_issue(path, fail, IssueCode.UNSUPPORTED_PIXEL_FORMAT, f"{keyword} is not a positive number", ds)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is None:
         return make_issue(path, fail, IssueCode.UNSUPPORTED_TRANSFER_SYNTAX, "file meta has no TransferSyntaxUID", ds)

@@ -4,15 +4,16 @@ Counts, UIDs and paths only: no patient data.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.run_tables import InstanceMetrics, RowStatus
 from pipeline.study_processing import StudyResult
-from pipeline.studies import DateWindow
+from pipeline.studies import DateWindow, RejectedFile
 
 
 def night_summary(results: list[StudyResult], rows: list[InstanceMetrics], drained: int, seconds: float,
-                  window: DateWindow, run_dir: Path, dry_run: bool) -> dict:
+                  window: DateWindow, run_dir: Path, dry_run: bool, rejected: Sequence[RejectedFile] = ()) -> dict:
     ok = [r for r in rows if r.status == RowStatus.OK.value]
     failed = [r for r in rows if r.status == RowStatus.FAILED.value]
     skipped = [r for r in rows if r.status == RowStatus.SKIPPED.value]
@@ -22,6 +23,7 @@ def night_summary(results: list[StudyResult], rows: list[InstanceMetrics], drain
     done_before = sum(res.already_done for res in results)
     headline = (f"{len(results)} studies, {len(ok)} instances segmented, {len(failed)} failed, {len(skipped)} "
                 f"skipped; {stored} SEGs stored new, {drained} from earlier outbox"
+                + (f"; {len(rejected)} files rejected" if rejected else "")
                 + (f"; nothing new to store ({done_before} instances already done)" if stored == 0 and not dry_run else "")
                 + (" [dry run: nothing written]" if dry_run else ""))
     return {
@@ -34,6 +36,7 @@ def night_summary(results: list[StudyResult], rows: list[InstanceMetrics], drain
         "images_per_second": round(frames / seg_seconds, 3) if seg_seconds else 0.0,
         "failures": [{"sop_uid": r.sop_uid, "code": r.error_code, "reason": r.error} for r in failed],
         "seg_files": [p for res in results for p in res.seg_paths],
+        "rejected": [{"path": r.path, "code": r.code, "reason": r.reason} for r in rejected],
     }
 
 
@@ -51,6 +54,9 @@ def summary_markdown(summary: dict) -> str:
     if summary.get("study_errors"):
         lines += ["", "## Studies that could not be processed", "", "| Study Instance UID | error |", "|---|---|"]
         lines += [f"| {uid} | {str(err).replace('|', '/')[:200]} |" for uid, err in summary["study_errors"].items()]
+    if summary.get("rejected"):
+        lines += ["", f"## Files rejected ({len(summary['rejected'])})", "", "| file | code | reason |", "|---|---|---|"]
+        lines += [f"| {r['path']} | {r['code']} | {r['reason']} |" for r in summary["rejected"][:100]]
     lines += ["", f"{summary['studies_from_cache']} studies skipped from the cache (finished on an earlier night).",
               "", f"Tables and SEGs: `{summary['run_dir']}`"]
     return "\n".join(lines)

@@ -15,8 +15,10 @@ import numpy as np
 
 from pipeline.calibration import Calibration
 from pipeline.ingest import IngestIssue, IssueKind, UsInstance
+from pipeline.phi import redact
 from pipeline.seg.algorithm import SegAlgorithm
 from pipeline.seg.writer import WrittenSeg
+from pipeline.studies import RejectedFile
 from pipeline.tables import rows_by_study, rows_to_frame, write_table
 
 
@@ -160,6 +162,7 @@ class InstanceMetrics:
     ) -> "InstanceMetrics":
         """The row of an ingested instance that failed later (decode, prediction, SEG writing)."""
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        message = redact(message, instance.header)  # pydicom/highdicom may quote a patient's value
         return cls(**_instance_columns(instance, algorithm, runtime_s), status=RowStatus.FAILED.value,
                    error_code=error_code, error=message or error_code)
 
@@ -271,3 +274,11 @@ def write_tables(
     studies_parquet, studies_csv = write_table(rows_to_frame(study_metrics(instance_rows), StudyMetrics), out,
                                                f"{stem}_studies")
     return MetricsTables(instances_parquet, instances_csv, studies_parquet, studies_csv)
+
+
+def write_rejected_table(rejected: Sequence[RejectedFile], out_dir: str | os.PathLike[str],
+                         stem: str = "metrics") -> Path:
+    """<stem>_rejected.{parquet,csv}: the files discovery refused (path, code, reason); returns the CSV."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_table(rows_to_frame(rejected, RejectedFile), out, f"{stem}_rejected")[1]

@@ -46,6 +46,19 @@ class StudyRef:
     n_instances: int | None = None
 
 
+@dataclass(frozen=True)
+class RejectedFile:
+    """A file of the archive that discovery refused, and why (no PHI: a path, a code, a plain reason).
+
+    The night's `rejected` table lists these, so a site sees every file it lost."""
+
+    path: str
+    code: str
+    reason: str
+    study_uid: str | None = None
+    sop_uid: str | None = None
+
+
 @dataclass
 class FetchedStudy:
     """A study's instances materialised as local files (what ingest reads)."""

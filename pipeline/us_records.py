@@ -39,6 +39,8 @@ class IssueCode(str, enum.Enum):
     DECODE_ERROR = "decode_error"
     DUPLICATE_INSTANCE = "duplicate_instance"
     WRONG_STUDY = "wrong_study"
+    INVALID_UID = "invalid_uid"
+    NOT_REGULAR_FILE = "not_regular_file"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ connectivity check. Errors are `PacsError`s that say what went wrong, where, and
 """
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pipeline.studies import DateWindow, FetchedStudy, StudyRef
+from pipeline.uid_check import is_valid_uid, uid_problem
+
+log = logging.getLogger(__name__)
 
 
 
@@ -128,9 +131,6 @@ class Archive(StudySource, SegSink, Protocol):
 
 
 # -- helpers shared by the implementations -----------------------------------------------------
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
 def answers(check: Callable[[], object]) -> bool:
     """Yes/no connectivity probe over an archive's `check()` (which raises with the reason)."""
     try:
@@ -142,10 +142,10 @@ def answers(check: Callable[[], object]) -> bool:
 
 def safe_uid(uid: object, what: str = "UID") -> str:
     """A UID that is safe as a file name; anything else (a path, garbage) is refused."""
-    text = str(uid or "").strip().rstrip("\x00")
-    if not _UID.match(text) or len(text) > 64:
-        raise PacsOperationError(f"invalid {what}: {text[:80]!r}")
-    return text
+    problem = uid_problem(uid, what)
+    if problem is not None:
+        raise PacsOperationError(problem)
+    return str(uid).strip().rstrip("\x00")
 
 
 def load_dataset(item: Dataset | Path | str) -> Dataset:
@@ -179,6 +179,9 @@ def study_ref_from_answer(answer: Dataset, window: DateWindow, filters: StudyFil
     study_date = str(answer.get("StudyDate", "") or "")
     modalities = split_modalities(answer.get("ModalitiesInStudy"))
     if not uid or not window.contains(study_date) or not filters.accepts(modalities):
+        return None
+    if not is_valid_uid(uid):  # it would become a folder name: never let '../x' get that far
+        log.warning("study answer ignored: %s", uid_problem(uid, "StudyInstanceUID"))
         return None
     n = answer.get("NumberOfStudyRelatedInstances")
     return StudyRef(study_uid=uid, study_date=study_date, modalities=modalities,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from pipeline.decode import suppress_dicom_warnings
 from pipeline.dicom_file import write_dicom_file
 from pipeline.pacs.base import (
     answers,
@@ -22,7 +24,8 @@ from pipeline.pacs.base import (
     StudyFilters,
     instance_path,
 )
-from pipeline.studies import DateWindow, FetchedStudy, StudyRef
+from pipeline.studies import DateWindow, FetchedStudy, RejectedFile, StudyRef
+from pipeline.uid_check import is_valid_uid, uid_problem
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +40,52 @@ class _Header:
     study_date: str
 
 
-def read_header(path: Path) -> _Header | None:
-    """The identity of one DICOM file, or None if it is not DICOM (or has no UIDs)."""
+def _file_problem(path: Path, root: Path | None) -> tuple[str, str] | None:
+    """Refuse, without opening it, what is not a regular file inside `root`: a FIFO or device would
+    block or never end, and a symbolic link may lead anywhere (/etc/passwd, another patient's folder)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
-        return None
-    study_uid = str(ds.get("StudyInstanceUID", "") or "")
-    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-    if not study_uid or not sop_uid:
-        return None
+        info = path.lstat()
+    except OSError as exc:
+        return "unreadable", f"file cannot be examined: {type(exc).__name__}"
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return "broken_link", "symbolic link to nothing (or a loop)"
+        if root is not None and not target.is_relative_to(root.resolve()):
+            return "link_outside_inbox", "symbolic link leads outside the inbox; not followed"
+        info = target.stat()
+    if not stat.S_ISREG(info.st_mode):
+        return "not_regular_file", "not a regular file (FIFO, socket or device); not opened"
+    return None
+
+
+def inspect_file(path: Path, root: Path | None = None) -> _Header | RejectedFile:
+    """The identity of one file, or why it was refused. Never raises for bad input (a header nested
+    3000 levels deep included) and never opens what is not a regular file inside `root`."""
+    problem = _file_problem(path, root)
+    if problem is not None:
+        return RejectedFile(str(path), *problem)
+    try:
+        with suppress_dicom_warnings():
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except InvalidDicomError:
+        return RejectedFile(str(path), "not_dicom", "not a DICOM file (no DICM preamble/header)")
+    except RecursionError:
+        return RejectedFile(str(path), "unreadable", "DICOM header nests sequences too deeply to read")
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on damaged headers
+        return RejectedFile(str(path), "unreadable", f"DICOM header cannot be read: {type(exc).__name__}")
+    if len(ds) == 0:
+        return RejectedFile(str(path), "unreadable", "DICOM file holds no identity at all (header truncated or empty)")
+    study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+    for value, what in ((study_uid, "StudyInstanceUID"), (sop_uid, "SOPInstanceUID")):
+        problem_text = uid_problem(value, what)
+        if problem_text is not None:
+            code = "missing_identity" if not value else "invalid_uid"
+            return RejectedFile(str(path), code, problem_text,
+                                study_uid=study_uid if is_valid_uid(study_uid) else None,
+                                sop_uid=sop_uid if is_valid_uid(sop_uid) else None)
     return _Header(
         path=path,
         instance=InstanceRef(study_uid=study_uid, series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
@@ -56,18 +95,29 @@ def read_header(path: Path) -> _Header | None:
     )
 
 
-def scan(root: Path) -> list[_Header]:
-    """Every DICOM file under root (hidden files and partial writes skipped), in path order."""
-    headers = []
+def read_header(path: Path, root: Path | None = None) -> _Header | None:
+    """The identity of one DICOM file, or None if it is not DICOM (or has no valid UIDs)."""
+    found = inspect_file(path, root)
+    return found if isinstance(found, _Header) else None
+
+
+def scan_with_rejections(root: Path) -> tuple[list[_Header], list[RejectedFile]]:
+    """Every DICOM file under root (hidden files and partial writes skipped), in path order, and every
+    other file with the reason it was refused. Symbolic links to folders are not followed."""
+    headers, rejected = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or name.endswith(".part"):
                 continue
-            header = read_header(Path(dirpath) / name)
-            if header is not None:
-                headers.append(header)
-    return headers
+            found = inspect_file(Path(dirpath) / name, root)
+            (headers if isinstance(found, _Header) else rejected).append(found)
+    return headers, rejected
+
+
+def scan(root: Path) -> list[_Header]:
+    """Every DICOM file under root (hidden files and partial writes skipped), in path order."""
+    return scan_with_rejections(root)[0]
 
 
 class FolderArchive:
@@ -77,6 +127,7 @@ class FolderArchive:
         self.inbox = Path(inbox) if inbox else None
         self.outbox = Path(outbox) if outbox else None
         self._index: dict[str, list[Path]] = {}
+        self.rejected: list[RejectedFile] = []  # files the last discover refused, with the reason
 
     @classmethod
     def from_settings(cls, settings) -> "FolderArchive":
@@ -98,7 +149,8 @@ class FolderArchive:
     def discover(self, window: DateWindow, filters: StudyFilters | None = None) -> list[StudyRef]:
         filters = filters or StudyFilters()
         by_study: dict[str, list[_Header]] = defaultdict(list)
-        for header in scan(self._require_inbox()):
+        headers, self.rejected = scan_with_rejections(self._require_inbox())
+        for header in headers:
             by_study[header.instance.study_uid].append(header)
         self._index = {uid: [h.path for h in hs] for uid, hs in by_study.items()}
         studies = []
@@ -121,7 +173,7 @@ class FolderArchive:
             paths = [h.path for h in scan(self._require_inbox()) if h.instance.study_uid == study.study_uid]
         files, origins = [], {}
         for source in paths:
-            header = read_header(source)
+            header = read_header(source, self.inbox)
             if header is None or header.instance.study_uid != study.study_uid:
                 continue  # changed since discovery; never mix studies
             target = instance_path(Path(dest_dir), study.study_uid, header.instance.sop_uid)
@@ -183,4 +235,4 @@ def _link_or_copy(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-__all__ = ["FolderArchive", "read_header", "scan"]
+__all__ = ["FolderArchive", "inspect_file", "read_header", "scan", "scan_with_rejections"]

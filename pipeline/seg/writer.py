@@ -132,7 +132,12 @@ def source_view(source: UsInstance) -> Dataset:
             setattr(view, keyword, None)
     for keyword, vr in _DATE_TIME_IDENTITY.items():
         setattr(view, keyword, _conformant(view.get(keyword), vr))
+    # PatientSex is M, F or O; real archives hold 'U', 'm', 'MALE': normalise, else empty (Type 2).
+    view.PatientSex = _PATIENT_SEX.get(str(view.get("PatientSex", "") or "").strip().upper())
     return view
+
+
+_PATIENT_SEX = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F", "OTHER": "O"}
 
 
 def remove_partial_files(out_dir: str | os.PathLike[str]) -> int:

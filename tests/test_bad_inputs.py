@@ -1,0 +1,326 @@
+"""Issue 16: bad and hostile inputs in a folder archive never stop the night.
+
+Each class puts one bad file beside a good instance of the same study and runs the nightly path
+without Prefect (discover -> fetch -> ingest -> model -> SEG), with a threshold model. Every bad file
+ends as a row or a rejected-file entry with a named reason, and the good file still gets its SEG.
+docs/bad_inputs.md is the table of these classes and outcomes.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.ingest import ingest
+from pipeline.pacs.folder import FolderArchive
+from pipeline.seg import SegAlgorithm, SegWriter
+from pipeline.studies import DateWindow
+from pipeline.study_processing import process_study
+from tests import dicom_factory as f
+
+CARD = SegAlgorithm(name="Sam2Rad", version="0.1.0", backbone_fingerprint="test:0", checkpoint_sha256="ab" * 32,
+                    mode="auto", class_names=("bone",))
+WINDOW = DateWindow(dt.date(2026, 1, 1), dt.date(2026, 1, 1))
+DCIODVFY = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
+
+
+@dataclass
+class _Prediction:
+    masks: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+
+class ThresholdModel:
+    """Stand-in for Sam2Rad: bright pixels are bone."""
+
+    class_names = ("bone",)
+
+    def predict(self, images, mode="auto"):
+        return [_Prediction((np.asarray(im) > 128)[np.newaxis], np.array([[0.0, 0.0, 4.0, 4.0]]), np.array([0.9]))
+                for im in images]
+
+
+@dataclass
+class Night:
+    rows: list
+    rejected: list
+    seg_paths: list[Path]
+    good_sop: str
+
+
+def run_night(tmp_path: Path, make_bad: Callable[[Path], object]) -> Night:
+    """A good instance and a bad file (made by make_bad(inbox)) through discover -> fetch -> process_study."""
+    inbox, staging, segs = tmp_path / "inbox", tmp_path / "staging", tmp_path / "segs"
+    good = f.us_image(f.grey_image(64, 64))
+    f.save(good, inbox / "good.dcm")
+    make_bad(inbox)
+    archive = FolderArchive(inbox, tmp_path / "outbox")
+    rows, seg_paths = [], []
+    for ref in archive.discover(WINDOW):
+        fetched = archive.fetch(ref, staging)
+        out = segs / ref.study_uid
+        out.mkdir(parents=True, exist_ok=True)
+        outcome = process_study(fetched, ThresholdModel(), SegWriter(CARD), out)
+        rows += outcome.rows
+        seg_paths += [s.path for s in outcome.segs]
+    return Night(rows, archive.rejected, seg_paths, str(good.SOPInstanceUID))
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+# -- builders of bad files: each takes the inbox -------------------------------------------------------
+
+def _good(**identity) -> pydicom.Dataset:
+    return f.us_image(f.grey_image(64, 64), **identity)
+
+
+def _saved(change: Callable[[pydicom.Dataset], object], name: str = "bad.dcm", **identity) -> Callable[[Path], Path]:
+    def make(inbox: Path) -> Path:
+        ds = _good(**identity)
+        change(ds)
+        return f.save(ds, inbox / name)
+    return make
+
+
+def _factory(writer: Callable[[Path], Path]) -> Callable[[Path], Path]:
+    return lambda inbox: writer(inbox / "bad.dcm")
+
+
+def _delete(*keywords: str) -> Callable[[pydicom.Dataset], None]:
+    def change(ds: pydicom.Dataset) -> None:
+        ds["PixelData"].VR = "OB"  # pydicom needs BitsAllocated to choose OB/OW otherwise
+        for keyword in keywords:
+            delattr(ds, keyword)
+    return change
+
+
+def _set(**values) -> Callable[[pydicom.Dataset], None]:
+    def change(ds: pydicom.Dataset) -> None:
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+    return change
+
+
+def deeply_nested(inbox: Path, depth: int = 3000) -> Path:
+    """A US instance whose ContentSequence nests `depth` levels (undefined lengths), written byte by byte."""
+    path = f.save(_good(), inbox / "nested.dcm")
+    data = path.read_bytes()
+    at = data.find(b"\xe0\x7f\x10\x00O")  # the PixelData element (tags are written in ascending order)
+    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    closing = b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    path.write_bytes(data[:at] + opening * depth + closing * depth + data[at:])
+    return path
+
+
+def fifo(inbox: Path) -> Path:
+    path = inbox / "pipe.dcm"
+    os.mkfifo(path)
+    return path
+
+
+def link_outside(inbox: Path) -> Path:
+    outside = f.save(_good(), inbox.parent / "elsewhere" / "outside.dcm")
+    (inbox / "link.dcm").symlink_to(outside)
+    return inbox / "link.dcm"
+
+
+def link_to_etc_passwd(inbox: Path) -> Path:
+    (inbox / "passwd.dcm").symlink_to("/etc/passwd")
+    return inbox / "passwd.dcm"
+
+
+def broken_link(inbox: Path) -> Path:
+    (inbox / "broken.dcm").symlink_to(inbox / "nothing-here.dcm")
+    return inbox / "broken.dcm"
+
+
+def zero_bytes(inbox: Path) -> Path:
+    (inbox / "empty.dcm").write_bytes(b"")
+    return inbox / "empty.dcm"
+
+
+def truncated_header(inbox: Path) -> Path:
+    path = f.save(_good(), inbox / "cut.dcm")
+    path.write_bytes(path.read_bytes()[:300])
+    return path
+
+
+def random_bytes(inbox: Path) -> Path:
+    (inbox / "noise.dcm").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return inbox / "noise.dcm"
+
+
+def _frames_mismatch(ds: pydicom.Dataset) -> None:
+    cine = f.us_image(f.grey_cine(2, 64, 64))
+    ds.update(cine)
+    ds.NumberOfFrames = 3  # pixel data holds 2
+
+
+def _rgb16(ds: pydicom.Dataset) -> None:
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = np.zeros((64, 64, 3), dtype="<u2").tobytes()
+
+
+GOOD_STUDY = f.STUDY_UID
+
+# name -> (builder(inbox), where the outcome is ("row" | "rejected" | "segmented"), code)
+CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
+    # files that are not usable DICOM at all: refused at discovery
+    "not_dicom_text": (_factory(f.not_dicom_file), "rejected", "not_dicom"),
+    "zero_bytes": (zero_bytes, "rejected", "not_dicom"),
+    "random_bytes": (random_bytes, "rejected", "not_dicom"),
+    "truncated_header": (truncated_header, "rejected", "unreadable"),
+    "deeply_nested_sequences": (deeply_nested, "rejected", "unreadable"),
+    "fifo": (fifo, "rejected", "not_regular_file"),
+    "symlink_outside_inbox": (link_outside, "rejected", "link_outside_inbox"),
+    "symlink_to_etc_passwd": (link_to_etc_passwd, "rejected", "link_outside_inbox"),
+    "broken_symlink": (broken_link, "rejected", "broken_link"),
+    "missing_study_uid": (_saved(_delete("StudyInstanceUID")), "rejected", "missing_identity"),
+    "missing_sop_uid": (_saved(_delete("SOPInstanceUID")), "rejected", "missing_identity"),
+    "sop_uid_path_traversal": (_saved(lambda ds: None, sop_uid="../../x"), "rejected", "invalid_uid"),
+    "study_uid_path_traversal": (_saved(lambda ds: None, study_uid="../../../x"), "rejected", "invalid_uid"),
+    "study_uid_absolute_path": (_saved(lambda ds: None, study_uid="/tmp/sam2rad-abs"), "rejected", "invalid_uid"),
+    "uid_too_long": (_saved(lambda ds: None, sop_uid="1." + "2" * 70), "rejected", "invalid_uid"),
+    "uid_with_letters": (_saved(lambda ds: None, sop_uid="1.2.abc"), "rejected", "invalid_uid"),
+    # DICOM that is not an ultrasound image: a skipped row
+    "ct_image": (_factory(f.ct_image_file), "row", "not_ultrasound"),
+    "mr_secondary_capture": (_factory(lambda p: f.secondary_capture_file(p, "MR")), "row", "not_ultrasound"),
+    "segmentation": (_factory(f.segmentation_file), "row", "segmentation"),
+    "structured_report": (_factory(f.structured_report_file), "row", "structured_report"),
+    "presentation_state": (_factory(f.presentation_state_file), "row", "presentation_state"),
+    "retired_us_sop_class": (_saved(_set(SOPClassUID="1.2.840.10008.5.1.4.1.1.6")), "row", "unsupported_sop_class"),
+    # ultrasound images that cannot be segmented: a failed row
+    "series_uid_invalid": (_saved(_set(SeriesInstanceUID="1.2.3/../4")), "row", "invalid_uid"),
+    "missing_series_uid": (_saved(_delete("SeriesInstanceUID")), "row", "missing_identity"),
+    "truncated_pixels": (_factory(f.truncated_file), "row", "truncated"),
+    "no_pixel_data": (_factory(f.no_pixel_data_file), "row", "no_pixel_data"),
+    "empty_pixel_data": (_saved(_set(PixelData=b"")), "row", "no_pixel_data"),
+    "frame_count_mismatch": (_saved(_frames_mismatch), "row", "truncated"),
+    "unsupported_transfer_syntax": (_factory(f.unsupported_transfer_syntax_file), "row", "unsupported_transfer_syntax"),
+    "unknown_transfer_syntax": (_saved(lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", "1.2.3.4.5")), "row",
+                                "unsupported_transfer_syntax"),
+    "one_pixel": (_factory(f.one_pixel_file), "row", "image_too_small"),
+    "zero_rows": (_saved(_set(Rows=0)), "row", "image_too_small"),
+    "oversize_declared": (_saved(_set(Rows=8192, Columns=8192)), "row", "image_too_large"),
+    "zero_frames": (_factory(f.zero_frame_cine_file), "row", "no_frames"),
+    "frames_negative": (_saved(_set(NumberOfFrames=-1)), "row", "no_frames"),
+    "huge_cine": (_factory(f.huge_cine_file), "row", "too_many_frames"),
+    "missing_rows": (_saved(_delete("Rows")), "row", "unsupported_pixel_format"),
+    "missing_bits_allocated": (_saved(_delete("BitsAllocated")), "row", "unsupported_pixel_format"),
+    "missing_bits_stored": (_saved(_delete("BitsStored")), "row", "unsupported_pixel_format"),
+    "missing_photometric": (_saved(_delete("PhotometricInterpretation")), "row", "unsupported_pixel_format"),
+    "bits_allocated_zero": (_saved(_set(BitsAllocated=0)), "row", "unsupported_pixel_format"),
+    "unknown_photometric": (_saved(_set(PhotometricInterpretation="CMYK")), "row", "unsupported_pixel_format"),
+    "samples_mismatch": (_saved(_set(SamplesPerPixel=3)), "row", "unsupported_pixel_format"),
+    "palette_without_lut": (_saved(_set(PhotometricInterpretation="PALETTE COLOR")), "row", "unsupported_pixel_format"),
+    # odd real-world identity values: segmented, the SEG is valid
+    "patient_sex_u": (_saved(_set(PatientSex="U")), "segmented", "ok"),
+    "patient_sex_lowercase": (_saved(_set(PatientSex="m")), "segmented", "ok"),
+    "patient_sex_word": (_saved(_set(PatientSex="MALE")), "segmented", "ok"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_a_bad_file_gets_a_reason_and_the_good_one_a_seg(name, tmp_path):
+    make, where, code = CLASSES[name]
+    night = run_night(tmp_path, make)
+    good_rows = [r for r in night.rows if r.sop_uid == night.good_sop]
+    assert [r.status for r in good_rows] == ["ok"], [(r.status, r.error) for r in good_rows]
+    others = [r for r in night.rows if r.sop_uid != night.good_sop]
+    if where == "rejected":
+        assert others == [], [(r.path, r.error_code, r.error) for r in others]
+        assert [r.code for r in night.rejected] == [code], night.rejected
+        assert night.rejected[0].reason
+        assert len(night.seg_paths) == 1
+    elif where == "row":
+        assert night.rejected == []
+        assert [r.error_code for r in others] == [code], [(r.error_code, r.error) for r in others]
+        assert others[0].status in ("failed", "skipped") and others[0].error
+        assert len(night.seg_paths) == 1
+    else:
+        assert night.rejected == [] and [r.status for r in others] == ["ok"], [(r.error_code, r.error) for r in others]
+        assert len(night.seg_paths) == 2
+        for seg in night.seg_paths:
+            ds = pydicom.dcmread(seg, stop_before_pixels=True)
+            assert ds.PatientSex in ("", "M", "F", "O")
+            assert dciodvfy_errors(seg) == [], seg
+
+
+def test_the_suite_covers_at_least_forty_classes():
+    assert len(CLASSES) >= 40
+
+
+def test_hostile_uids_create_nothing_outside_the_run_folders(tmp_path):
+    """Study/SOP UIDs that are paths: rejected before any folder or file is made from them."""
+    def hostile(inbox: Path) -> None:
+        f.save(_good(study_uid="../../../escaped"), inbox / "a.dcm")
+        f.save(_good(sop_uid="../../escaped-sop"), inbox / "b.dcm")
+        f.save(_good(study_uid=str(tmp_path.parent / "abs-escaped")), inbox / "c.dcm")
+
+    night = run_night(tmp_path, hostile)
+    assert sorted(r.code for r in night.rejected) == ["invalid_uid"] * 3
+    assert not list(tmp_path.parent.glob("*escaped*")) and not list(tmp_path.rglob("*escaped*"))
+    assert len(night.seg_paths) == 1
+
+
+def test_patient_values_never_reach_rows_or_reasons(tmp_path):
+    """A SEG failure whose exception quotes the patient's values: the row says <redacted>."""
+    from pipeline.phi import redact
+
+    ds = _good()
+    ds.PatientName, ds.PatientID, ds.PatientSex = "Doe^Jane", "MRN-4242", "U"
+    message = "Invalid value for PatientName 'Doe^Jane' (MRN-4242), PatientSex: 'U'; sex u"
+    cleaned = redact(message, ds)
+    assert "Doe" not in cleaned and "Jane" not in cleaned and "MRN-4242" not in cleaned
+    assert "'U'" not in cleaned and " u" not in cleaned and "<redacted>" in cleaned
+    assert "PatientSex" in cleaned  # the attribute is named, its value is not
+
+
+# -- the `sam2rad segment` path: ingest() of files and folders given on the command line ------------------
+
+def test_segment_ingest_gives_a_fifo_an_issue_instead_of_does_not_exist(tmp_path):
+    good = f.save(_good(), tmp_path / "in" / "good.dcm")
+    pipe = fifo(tmp_path / "in")
+    result = ingest([tmp_path / "in"])
+    assert [i.path for i in result.instances] == [good]
+    assert [(i.path, i.code.value) for i in result.issues] == [(pipe, "not_regular_file")]
+    result = ingest([pipe, good])  # named explicitly
+    assert [i.code.value for i in result.issues] == ["not_regular_file"] and len(result.instances) == 1
+
+
+def test_segment_ingest_of_missing_bits_allocated_is_an_issue_not_a_crash(tmp_path):
+    bad = _saved(_delete("BitsAllocated"))(tmp_path)
+    good = f.save(_good(), tmp_path / "good.dcm")
+    result = ingest([bad, good])
+    assert [i.path for i in result.instances] == [good]
+    assert result.issues[0].code.value == "unsupported_pixel_format" and "BitsAllocated" in result.issues[0].reason
+
+
+def test_segment_ingest_refuses_invalid_uids(tmp_path):
+    bad = _saved(lambda ds: None, sop_uid="../../x")(tmp_path)
+    result = ingest([bad])
+    assert result.instances == [] and result.issues[0].code.value == "invalid_uid"
+    assert result.issues[0].sop_uid is None  # the row never carries the hostile value
+
+
+def test_deep_nesting_in_segment_ingest_is_an_issue(tmp_path):
+    path = deeply_nested(tmp_path)
+    result = ingest([path])
+    assert result.instances == [] and result.issues[0].code.value == "unreadable"
+
+

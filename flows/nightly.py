@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext, get_run_context
+from prefect.states import Failed
 
 from flows.runtime import default_device, ensure_gpu_limit, gpu_slot, load_model
 from pipeline.inference import seg_algorithm_for
@@ -29,6 +30,20 @@ from pipeline.studies import RejectedFile, StudyRef, parse_window
 from pipeline.study_processing import InstanceRecorder, StudyResult, process_study
 
 SUMMARY_ARTIFACT = "sam2rad-nightly-summary"
+
+
+class StudiesFailed(RuntimeError):
+    """Some studies could not be processed; the night's summary (tables, counts) is in `.summary`.
+
+    The flow run ends Failed with this as its result: calling `nightly()` raises it, without a traceback
+    in the log, and `sam2rad run-nightly` prints the headline and exits 1."""
+
+    def __init__(self, summary: dict) -> None:
+        super().__init__(summary["headline"])
+        self.summary = summary
+
+    def __reduce__(self):  # picklable with its summary (Prefect may persist the result)
+        return (type(self), (self.summary,))
 
 
 def transient_io(task, task_run, state) -> bool:
@@ -176,20 +191,20 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     tables = write_tables(rows, run_dir, "nightly") if rows else None
     rejected_table = write_rejected_table(rejected, run_dir, "nightly") if rejected else None
     summary = night_summary(results, rows, drained, time.perf_counter() - start, window, run_dir, dry_run,
-                            rejected=rejected)
-    summary["study_errors"] = study_errors
+                            rejected=rejected, study_errors=study_errors)
     create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown=summary_markdown(summary),
                              description="Nightly run summary")
     if rows:
         create_table_artifact(key="sam2rad-nightly-studies", table=[dataclasses.asdict(s) for s in study_metrics(rows)],
                               description="Per-study metrics")
     logger.info(summary["headline"])
-    if study_errors:  # tables and artifacts are written; the run still says it did not finish
-        raise RuntimeError(f"{len(study_errors)} of {len(studies)} studies failed: {study_errors}")
     table_paths = {k: str(v) for k, v in dataclasses.asdict(tables).items()} if tables else {}
     if rejected_table:
         table_paths["rejected_csv"] = str(rejected_table)
-    return summary | {"tables": table_paths}
+    summary = summary | {"tables": table_paths}
+    if study_errors:  # tables and artifacts are written; the run still says it did not finish (no traceback)
+        return Failed(message=summary["headline"], data=StudiesFailed(summary))
+    return summary
 
 
 if __name__ == "__main__":

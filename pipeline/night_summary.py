@@ -13,7 +13,12 @@ from pipeline.studies import DateWindow, RejectedFile
 
 
 def night_summary(results: list[StudyResult], rows: list[InstanceMetrics], drained: int, seconds: float,
-                  window: DateWindow, run_dir: Path, dry_run: bool, rejected: Sequence[RejectedFile] = ()) -> dict:
+                  window: DateWindow, run_dir: Path, dry_run: bool, rejected: Sequence[RejectedFile] = (),
+                  study_errors: dict[str, str] | None = None) -> dict:
+    """`results` are the studies that finished; `study_errors` those that could not be processed (they
+    count as studies, and as failed ones)."""
+    study_errors = study_errors or {}
+    n_studies = len(results) + len(study_errors)
     ok = [r for r in rows if r.status == RowStatus.OK.value]
     failed = [r for r in rows if r.status == RowStatus.FAILED.value]
     skipped = [r for r in rows if r.status == RowStatus.SKIPPED.value]
@@ -21,14 +26,16 @@ def night_summary(results: list[StudyResult], rows: list[InstanceMetrics], drain
     seg_seconds = sum(res.seconds for res in results)
     stored = sum(res.stored for res in results)
     done_before = sum(res.already_done for res in results)
-    headline = (f"{len(results)} studies, {len(ok)} instances segmented, {len(failed)} failed, {len(skipped)} "
+    headline = (f"{n_studies} studies" + (f" ({len(study_errors)} failed)" if study_errors else "")
+                + f", {len(ok)} instances segmented, {len(failed)} failed, {len(skipped)} "
                 f"skipped; {stored} SEGs stored new, {drained} from earlier outbox"
                 + (f"; {len(rejected)} files rejected" if rejected else "")
                 + (f"; nothing new to store ({done_before} instances already done)" if stored == 0 and not dry_run else "")
                 + (" [dry run: nothing written]" if dry_run else ""))
     return {
         "headline": headline, "window": window.dicom_range(), "run_dir": str(run_dir),
-        "studies": len(results), "instances": len(rows), "succeeded": len(ok), "failed": len(failed),
+        "studies": n_studies, "failed_studies": len(study_errors), "study_errors": dict(study_errors),
+        "instances": len(rows), "succeeded": len(ok), "failed": len(failed),
         "skipped": len(skipped), "already_done": done_before, "stored": stored,
         "kept_in_outbox": sum(res.kept_in_outbox for res in results), "drained": drained,
         "studies_from_cache": sum(1 for res in results if res.from_cache), "frames": frames,

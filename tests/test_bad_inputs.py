@@ -324,3 +324,82 @@ def test_deep_nesting_in_segment_ingest_is_an_issue(tmp_path):
     assert result.instances == [] and result.issues[0].code.value == "unreadable"
 
 
+
+
+# -- the real nightly flow (Prefect local mode) on a hostile inbox, with PHI markers everywhere ---------------
+
+PHI = {"PatientName": "Phimark^Zelda", "PatientID": "PHIMARK-ID-77", "PatientBirthDate": "19111111",
+       "AccessionNumber": "PHIMARKACC", "StudyDescription": "PHIMARK study", "ReferringPhysicianName": "Phimark^Doc",
+       "InstitutionName": "PHIMARK Hospital", "OtherPatientIDs": "PHIMARK-OTHER", "PatientAge": "077Y"}
+PHI_MARKERS = ("phimark", "zelda", "19111111")
+
+
+def test_a_hostile_night_finishes_and_leaks_no_patient_data(tmp_path):
+    """Deep nesting, a FIFO, a link to /etc/passwd, hostile UIDs, missing BitsAllocated and PatientSex 'U'
+    in one inbox: the night finishes, good instances (in the same studies) get SEGs, every bad file has
+    a row or a rejected entry, nothing is created outside the run folders, and no PHI marker appears in
+    the logs, tables, ledger or the Prefect artifact."""
+    import json
+
+    import pandas as pd
+
+    inbox = tmp_path / "inbox"
+
+    def phi(ds: pydicom.Dataset) -> pydicom.Dataset:
+        for keyword, value in PHI.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    good = [phi(_good()) for _ in range(2)]
+    for i, ds in enumerate(good):
+        f.save(ds, inbox / f"good{i}.dcm")
+    sex_u = phi(_good())
+    sex_u.PatientSex = "U"
+    f.save(sex_u, inbox / "sex_u.dcm")
+    no_bits = phi(_good())
+    no_bits["PixelData"].VR = "OB"
+    del no_bits.BitsAllocated
+    f.save(no_bits, inbox / "no_bits.dcm")
+    f.save(phi(_good(sop_uid="../../x")), inbox / "traversal.dcm")
+    f.save(phi(_good(study_uid="../../../escaped")), inbox / "study_traversal.dcm")
+    deeply_nested(inbox)
+    fifo(inbox)
+    link_to_etc_passwd(inbox)
+
+    script = f"""
+import asyncio, json
+from prefect.client.orchestration import get_client
+from flows.nightly import nightly, SUMMARY_ARTIFACT, StudiesFailed
+s = nightly(inbox={str(inbox)!r}, outbox={str(tmp_path / 'outbox')!r}, start_date="2026-01-01",
+            output_dir={str(tmp_path / 'runs')!r})
+async def art():
+    async with get_client() as c:
+        return [x.data for x in await c.read_latest_artifacts()]
+print("SUMMARY", json.dumps(s))
+print("ARTIFACTS", json.dumps(asyncio.run(art())))
+"""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "2",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads(out.stdout.split("SUMMARY ", 1)[1].splitlines()[0])
+    artifacts = out.stdout.split("ARTIFACTS ", 1)[1].splitlines()[0]
+    assert summary["succeeded"] == 3 and summary["failed"] == 1 and summary["stored"] == 3
+    assert sorted(r["code"] for r in summary["rejected"]) == sorted(
+        ["invalid_uid", "invalid_uid", "unreadable", "not_regular_file", "link_outside_inbox"])
+    assert len(list((tmp_path / "outbox").rglob("*.dcm"))) == 3
+    run_dir = Path(summary["run_dir"])
+    table = pd.read_csv(run_dir / "nightly_instances.csv")
+    assert table[table.status == "failed"].error_code.tolist() == ["unsupported_pixel_format"]
+    assert len(pd.read_csv(run_dir / "nightly_rejected.csv")) == 5
+    assert not list(tmp_path.parent.glob("*escaped*")) and not list(tmp_path.rglob("*escaped*"))
+    texts = {"log": out.stdout + out.stderr, "artifacts": artifacts}
+    # Everything the run wrote but the SEGs themselves (which must carry the patient's identity).
+    texts |= {str(p): p.read_bytes().decode("latin-1") for p in (tmp_path / "runs").rglob("*")
+              if p.is_file() and p.suffix != ".dcm"}
+    assert any(name.endswith("ledger.sqlite") for name in texts) and any(name.endswith(".csv") for name in texts)
+    for name, text in texts.items():
+        for marker in PHI_MARKERS:
+            assert marker not in text.lower(), f"{marker} in {name}"

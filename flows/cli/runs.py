@@ -43,18 +43,25 @@ def run_nightly(
     output_dir: str = typer.Option("runs", help="Where run folders (tables, SEG copies) and the ledger go."),
     ledger_path: Optional[str] = typer.Option(None, help="SQLite ledger (default: <output-dir>/ledger.sqlite)."),
 ) -> None:
-    """Run the nightly flow once, now, in this process (Prefect local mode unless PREFECT_API_URL is set)."""
-    from flows.nightly import nightly
+    """Run the nightly flow once, now, in this process (Prefect local mode unless PREFECT_API_URL is set).
+
+    Exit status: 0 every instance found was segmented (or skipped as not an ultrasound image); 1 the
+    night finished but some instances or studies failed (see the headline, the run tables and the
+    rejected-files table); 2 a usage or configuration error (bad option, PACS settings) stopped it.
+    """
+    from flows.nightly import StudiesFailed, nightly
 
     try:
         summary = nightly(inbox=inbox, outbox=outbox, source_kind=source_kind, start_date=start_date,
                           end_date=end_date, checkpoint=checkpoint, batch_size=batch_size, dry_run=dry_run,
                           output_dir=output_dir, ledger_path=ledger_path)
+    except StudiesFailed as exc:  # data problems: the night finished, its summary says what failed
+        summary = exc.summary
     except Exception as exc:  # noqa: BLE001 - the flow already logged the details
         fail(f"{type(exc).__name__}: {exc}")
     typer.echo(summary["headline"])
     typer.echo(f"run folder: {summary['run_dir']}")
-    if summary["failed"]:
+    if summary["failed"] or summary.get("failed_studies"):
         raise typer.Exit(1)
 
 

@@ -16,7 +16,12 @@ def segment(
     labelmap: bool = typer.Option(False, help="Write a LABELMAP SEG instead of BINARY."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
-    """One-off: DICOM in, DICOM-SEG out (no Prefect, no PACS, no ledger)."""
+    """One-off: DICOM in, DICOM-SEG out (no Prefect, no PACS, no ledger).
+
+    Exit status: 0 every ultrasound image got a SEG (other objects, e.g. SR or CT, are skipped); 1 some
+    inputs failed (unreadable, truncated, undecodable: each is listed with its reason) while the others
+    got their SEGs; 2 a usage error (no such path, nothing to segment).
+    """
     import torch
 
     from pipeline.ingest import ingest
@@ -29,13 +34,14 @@ def segment(
         result = ingest(files)
     except FileNotFoundError as exc:
         fail(str(exc))
+    failed = 0
     for issue in result.issues:
-        typer.echo(f"skipped {issue.path}: {issue.code.value}: {issue.reason}")
+        failed += issue.kind.value == "failed"
+        typer.echo(f"{issue.kind.value} {issue.path}: {issue.code.value}: {issue.reason}")
     if not result.instances:
         fail("no ultrasound image instances to segment")
     model = load_checkpoint(checkpoint)
     writer = SegWriter(seg_algorithm_for(model), segmentation_type="LABELMAP" if labelmap else "BINARY")
-    failed = 0
     for inst in result.instances:
         outcome = segment_instance(inst, model, writer, out)
         if outcome.seg:

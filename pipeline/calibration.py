@@ -18,6 +18,8 @@ REGION_SPATIAL_FORMAT_2D = 1
 REGION_DATA_TYPE_TISSUE = 1
 PHYSICAL_UNITS_CM = 3
 _MM_PER_CM = 10.0
+# Ultrasound pixels span microns to a few millimetres; outside this (cm per pixel) a delta is an error.
+PLAUSIBLE_DELTA_CM = (1e-5, 1.0)
 
 
 class CalibrationSource(str, enum.Enum):
@@ -145,10 +147,18 @@ class UltrasoundRegion:
         """(row, column) spacing in mm, or None when the region is not calibrated in cm."""
         if self.units_x != PHYSICAL_UNITS_CM or self.units_y != PHYSICAL_UNITS_CM:
             return None
-        dy, dx = abs(self.delta_y), abs(self.delta_x)
-        if not (np.isfinite(dx) and np.isfinite(dy)) or dx <= 0 or dy <= 0:
+        if self.spacing_problem is not None:
             return None
-        return dy * _MM_PER_CM, dx * _MM_PER_CM
+        return self.delta_y * _MM_PER_CM, self.delta_x * _MM_PER_CM
+
+    @property
+    def spacing_problem(self) -> str | None:
+        """Why PhysicalDeltaX/Y cannot be a pixel spacing (NaN, negative, 1e300 cm), or None."""
+        for name, delta in (("PhysicalDeltaX", self.delta_x), ("PhysicalDeltaY", self.delta_y)):
+            if not np.isfinite(delta) or not PLAUSIBLE_DELTA_CM[0] <= delta <= PLAUSIBLE_DELTA_CM[1]:
+                return (f"{name} is not a plausible spacing (a positive number from {PLAUSIBLE_DELTA_CM[0]:g} "
+                        f"to {PLAUSIBLE_DELTA_CM[1]:g} cm per pixel); region not calibrated")
+        return None
 
     @classmethod
     def from_item(cls, item: Dataset) -> "UltrasoundRegion":
@@ -246,7 +256,8 @@ def calibration_from_dataset(ds: Dataset, overhang_tolerance_px: int = 1) -> Cal
             return Calibration(
                 CalibrationSource.ULTRASOUND_REGION, spacing[0], spacing[1], bounds, tuple(notes)
             )
-        notes.append("imaging region has no spacing in cm")
+        problem = region.spacing_problem if region.units_x == region.units_y == PHYSICAL_UNITS_CM else None
+        notes.append(problem or "imaging region has no spacing in cm")
 
     spacing = _pixel_spacing_mm(ds)
     if spacing is not None:

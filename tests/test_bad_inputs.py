@@ -403,3 +403,15 @@ print("ARTIFACTS", json.dumps(asyncio.run(art())))
     for name, text in texts.items():
         for marker in PHI_MARKERS:
             assert marker not in text.lower(), f"{marker} in {name}"
+
+
+@pytest.mark.parametrize("delta", [1e300, float("nan"), -0.01, 0.0, 50.0])
+def test_implausible_calibration_is_refused_with_a_reason(delta):
+    """Issue 16 (15): PhysicalDelta 1e300, NaN, negative: the region is not calibrated, and a note says why."""
+    from pipeline.calibration import CalibrationSource, calibration_from_dataset
+
+    ds = f.add_region(_good(), (0, 0, 63, 63), (delta, 0.01))
+    calibration = calibration_from_dataset(ds)
+    assert calibration.source is CalibrationSource.UNCALIBRATED and calibration.row_spacing_mm is None
+    assert any("PhysicalDeltaX is not a plausible spacing" in note for note in calibration.notes), calibration.notes
+    assert calibration.crop_bounds(64, 64) is not None  # the imaging region still crops the image

@@ -177,6 +177,19 @@ def _rgb16(ds: pydicom.Dataset) -> None:
 
 
 GOOD_STUDY = f.STUDY_UID
+OTHER_STUDY = "1.2.826.0.1.3680043.8.498.1000099"
+
+
+def ct_only_study(inbox: Path) -> Path:
+    """A study of the window with a CT instance and no US instance: not discovered, yet not silent."""
+    path = f.ct_image_file(inbox / "ct.dcm")
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID = OTHER_STUDY
+    return f.save(ds, path)
+
+
+def _no_study_date(ds: pydicom.Dataset) -> None:
+    del ds.StudyDate
 
 # name -> (builder(inbox), where the outcome is ("row" | "rejected" | "segmented"), code)
 CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
@@ -197,6 +210,9 @@ CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     "study_uid_absolute_path": (_saved(lambda ds: None, study_uid="/tmp/sam2rad-abs"), "rejected", "invalid_uid"),
     "uid_too_long": (_saved(lambda ds: None, sop_uid="1." + "2" * 70), "rejected", "invalid_uid"),
     "uid_with_letters": (_saved(lambda ds: None, sop_uid="1.2.abc"), "rejected", "invalid_uid"),
+    # files of a study that is never fetched: no US instance in it, or no StudyDate to place it in a window
+    "ct_only_study": (ct_only_study, "rejected", "not_ultrasound"),
+    "no_study_date": (_saved(_no_study_date, study_uid=OTHER_STUDY), "rejected", "no_study_date"),
     # DICOM that is not an ultrasound image: a skipped row
     "ct_image": (_factory(f.ct_image_file), "row", "not_ultrasound"),
     "mr_secondary_capture": (_factory(lambda p: f.secondary_capture_file(p, "MR")), "row", "not_ultrasound"),
@@ -246,6 +262,8 @@ def test_a_bad_file_gets_a_reason_and_the_good_one_a_seg(name, tmp_path):
         assert others == [], [(r.path, r.error_code, r.error) for r in others]
         assert [r.code for r in night.rejected] == [code], night.rejected
         assert night.rejected[0].reason
+        if code == "not_ultrasound":
+            assert night.rejected[0].reason.startswith("modality CT is not ultrasound"), night.rejected
         assert len(night.seg_paths) == 1
     elif where == "row":
         assert night.rejected == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 from collections import defaultdict
@@ -158,7 +159,15 @@ class FolderArchive:
             # Instances of one study may disagree on StudyDate; the first non-empty one decides.
             study_date = next((h.study_date for h in headers if h.study_date), "")
             modalities = tuple(sorted({h.instance.modality for h in headers if h.instance.modality}))
-            if not window.contains(study_date) or not any(m in filters.modalities for m in modalities):
+            if not study_date.strip():  # in no window at all: said every night rather than lost for good
+                self.rejected += [_out_of_scope(h, "no_study_date", "no instance of the study has a StudyDate; "
+                                                "it belongs to no date window") for h in headers]
+                continue
+            if not window.contains(study_date):
+                continue
+            if not any(m in filters.modalities for m in modalities):
+                self.rejected += [_out_of_scope(h, "not_ultrasound", f"{_modality_text(h)}; the study has no "
+                                                f"{'/'.join(filters.modalities)} instance") for h in headers]
                 continue
             studies.append(StudyRef(study_uid=uid, study_date=study_date, modalities=modalities,
                                     n_instances=len(headers)))
@@ -222,6 +231,20 @@ class FolderArchive:
 
     def echo(self) -> bool:
         return answers(self.check)
+
+
+def _modality_text(header: _Header) -> str:
+    modality = header.instance.modality.strip()
+    if not modality:
+        return "Modality is missing, not ultrasound"
+    # A CS value is short and plain; anything else (a hostile header) is not quoted.
+    shown = modality if re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality) else "(invalid value)"
+    return f"modality {shown} is not ultrasound"
+
+
+def _out_of_scope(header: _Header, code: str, reason: str) -> RejectedFile:
+    ref = header.instance
+    return RejectedFile(str(header.path), code, reason, study_uid=ref.study_uid, sop_uid=ref.sop_uid)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -15,8 +15,9 @@ SUMMARY_ARTIFACT = "sam2rad-audit-summary"
 
 @task(name="audit-segs", cache_policy=NO_CACHE)
 def audit_segs(seg_dir: str, reference_dir: str, output_dir: str, threshold: float, source_dir: str | None):
+    # output_dir is <run>/audit: the run folder's review/ correction table, if any, feeds "AI vs reader".
     return run_audit(Path(seg_dir), Path(reference_dir), Path(output_dir), threshold=threshold,
-                     source_dir=Path(source_dir) if source_dir else None)
+                     source_dir=Path(source_dir) if source_dir else None, run_dir=Path(output_dir).parent)
 
 
 @flow(name="sam2rad-audit", log_prints=True)

@@ -326,8 +326,9 @@ def _card(value: object, label: str, bad: bool = False) -> str:
 
 def render_report(*, instances: pd.DataFrame, studies: pd.DataFrame, summary: dict, threshold: float,
                   cases: Sequence[OverlayCase], plots: dict[str, bytes] | None = None,
-                  title: str = "Sam2Rad Dice audit") -> tuple[str, dict[str, bytes]]:
-    """The report's HTML and its plots by file name (PNG bytes)."""
+                  title: str = "Sam2Rad Dice audit", extra_html: str = "") -> tuple[str, dict[str, bytes]]:
+    """The report's HTML and its plots by file name (PNG bytes); `extra_html` (trusted, already escaped)
+    goes after the worst cases, e.g. the "AI vs reader" section."""
     plots = dict(plots or {})
     ok = instances[instances["status"] == "ok"]
     plots.setdefault("dice_histogram.png", dice_histogram(ok["dice"].astype(float).tolist(), threshold))
@@ -369,7 +370,11 @@ def render_report(*, instances: pd.DataFrame, studies: pd.DataFrame, summary: di
         + _uid_list("References without a SEG", instances[instances["status"] == "missing_seg"],
                     "A reference label exists but no audited SEG cites its source instance.")
         + _uid_list("Failed comparisons", instances[instances["status"] == "failed"],
-                    "Both sides exist but could not be compared."))
+                    "Both sides exist but could not be compared.")
+        + _uid_list("Reviewed SEGs (not in the means)", instances[instances["status"] == "reviewed"],
+                    "A reader's SEG (SEMIAUTOMATIC/MANUAL) of a source instance; the AI SEG is what is audited.")
+        + _uid_list("Superseded AI SEGs (not in the means)", instances[instances["status"] == "superseded"],
+                    "An older AI SEG of a source instance a newer AI SEG also cites."))
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -388,6 +393,7 @@ distances in {_e(summary.get("distance_unit") or "px")} · UIDs and measurements
 {flagged_html}
 <h2>Worst cases</h2>
 {cases_html}
+{extra_html}
 <h2>All studies</h2>
 {_studies_table(studies)}
 {lists}
@@ -398,10 +404,10 @@ distances in {_e(summary.get("distance_unit") or "px")} · UIDs and measurements
 
 def write_report(path: str | os.PathLike[str], *, instances: pd.DataFrame, studies: pd.DataFrame, summary: dict,
                  threshold: float, cases: Sequence[OverlayCase], plots_dir: str | os.PathLike[str] | None = None,
-                 title: str = "Sam2Rad Dice audit") -> Path:
+                 title: str = "Sam2Rad Dice audit", extra_html: str = "") -> Path:
     """Write the self-contained report to path (atomically) and its plots as PNG files to plots_dir."""
     page, plots = render_report(instances=instances, studies=studies, summary=summary, threshold=threshold,
-                                cases=cases, title=title)
+                                cases=cases, title=title, extra_html=extra_html)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if plots_dir is not None:

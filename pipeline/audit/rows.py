@@ -17,6 +17,8 @@ class ComparisonStatus(str, enum.Enum):
     MISSING_REFERENCE = "missing_reference"  # a SEG whose source instance has no reference label
     MISSING_SEG = "missing_seg"  # a reference label no audited SEG cites
     FAILED = "failed"  # both exist but could not be compared (unreadable, geometry, classes)
+    REVIEWED = "reviewed"  # a reader's SEG (SEMIAUTOMATIC/MANUAL) vs the reference: apart, not in the means
+    SUPERSEDED = "superseded"  # an older AI SEG of a source a newer AI SEG also cites (see seg_roles.py)
 
 
 class SpacingSource(str, enum.Enum):

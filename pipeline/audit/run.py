@@ -8,6 +8,11 @@ it; nothing here imports prefect). The data path:
         -> per frame and class: sam2rad.metrics.evaluate_pair -> instance mean -> study mean/min
         -> flagged = study mean Dice < threshold -> tables + report
 
+One SEG per source instance enters the Dice means (`seg_roles.py`): the newest AI (AUTOMATIC) SEG.
+A reader's reviewed SEG (SEMIAUTOMATIC/MANUAL, stored through the same sink) is scored against the
+reference but reported apart (status `reviewed`); an older AI SEG of the same source is `superseded`.
+When `run_dir` holds the review station's correction table, the report gains an "AI vs reader" section.
+
 References are `<SOPInstanceUID>.npz` files (`mask`: frames x rows x cols [x classes] bool,
 optional `spacing_mm` (row, col), optional `frame_numbers` (1-based source frames the mask rows are)
 and `class_names`), or DICOM SEG files citing the same source instance (e.g. a reader's corrected
@@ -30,6 +35,7 @@ from pathlib import Path
 
 from pipeline.audit.aggregation import study_rows, summarise
 from pipeline.audit.comparison import ComparedPair, error_text, instance_row, load_pair, score_pair
+from pipeline.audit.reader_review import reader_review, reader_section
 from pipeline.audit.references import Reference, find_references, find_segs
 from pipeline.audit.rows import (
     DEFAULT_DICE_THRESHOLD,
@@ -39,6 +45,7 @@ from pipeline.audit.rows import (
     AuditStudyRow,
     ComparisonStatus,
 )
+from pipeline.audit.seg_roles import SegRole, seg_roles
 from pipeline.audit.worst_cases import worst_cases
 from pipeline.ingest import UsInstance, ingest
 from pipeline.seg.header import SegHeader
@@ -104,6 +111,16 @@ class AuditResult:
             f"| mean / median ASSD ({unit}) | {fmt(s.get('assd_mean'), 2)} / {fmt(s.get('assd_median'), 2)} |",
             f"| studies below Dice {self.threshold:g} | {self.n_flagged_studies} |",
         ]
+        if s.get("n_reviewed_segs") or s.get("n_superseded_segs"):
+            lines.append(f"| reviewed / superseded SEGs (not in the means) | {s.get('n_reviewed_segs')} / "
+                         f"{s.get('n_superseded_segs')} |")
+        if s.get("reader_n_reviewed"):
+            lines += [
+                f"| reader reviews: accepted / rejected | {s['reader_n_accepted']} / {s['reader_n_rejected']} |",
+                f"| AI vs reader Dice mean / median | {fmt(s.get('reader_dice_mean'))} / "
+                f"{fmt(s.get('reader_dice_median'))} |",
+                f"| clicks per accepted review / s per review | {fmt(s.get('reader_clicks_per_accepted'), 1)} / "
+                f"{fmt(s.get('reader_seconds_per_review_mean'), 0)} |"]
         if self.flagged_study_uids:
             lines += ["", "Flagged studies:", ""] + [f"- `{uid}`" for uid in self.flagged_study_uids]
         lines += ["", f"Report: `{self.report_html}`"]
@@ -137,6 +154,7 @@ def run_audit(
     n_worst: int = DEFAULT_WORST_CASES,
     show_images: bool = True,
     stem: str = "audit",
+    run_dir: str | os.PathLike[str] | None = None,
 ) -> AuditResult:
     """Audit every SEG under seg_dir against the references under reference_dir.
 
@@ -147,6 +165,8 @@ def run_audit(
     A study is flagged when the mean Dice of its compared instances is below `threshold`.
     The report shows the `n_worst` lowest-Dice instances; `show_images=False` draws their masks
     without the source image (the image is always limited to its imaging region, see OverlayCase).
+    `run_dir` (optional): the nightly run folder; its review/ correction table, when there is one,
+    gives the report's "AI vs reader" section and the summary's `reader_*` keys.
     """
     seg_root = _folder(seg_dir, "seg_dir")
     ref_root = _folder(reference_dir, "reference_dir")
@@ -156,7 +176,12 @@ def run_audit(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    segs = find_segs(seg_root)
+    segs, seen = [], set()
+    for seg in find_segs(seg_root):  # one SEG file per SOP Instance UID (copies at other paths are left out)
+        if seg.sop_uid not in seen:
+            seen.add(seg.sop_uid)
+            segs.append(seg)
+    roles = seg_roles(segs)
     references = find_references(ref_root, exclude_sop_uids={s.sop_uid for s in segs})
     sources: dict[str, UsInstance] = {}
     if src_root is not None:
@@ -176,6 +201,15 @@ def run_audit(
             cited.add(source_uid)
             study_uid = seg.study_uid or (sources[source_uid].study_uid if source_uid in sources else None)
             reference = references.get(source_uid)
+            role, newer = roles[(seg.sop_uid, source_uid)]
+            if role is SegRole.SUPERSEDED:
+                instance_rows.append(instance_row(seg, source_uid, study_uid, reference, ComparisonStatus.SUPERSEDED,
+                                                   f"a newer AI SEG of this source is audited: {newer}"))
+                continue
+            if role is SegRole.REVIEWED and reference is None:
+                instance_rows.append(instance_row(seg, source_uid, study_uid, None, ComparisonStatus.REVIEWED,
+                                                   "no reference label"))
+                continue
             if reference is None:
                 instance_rows.append(instance_row(seg, source_uid, study_uid, None, ComparisonStatus.MISSING_REFERENCE))
                 continue
@@ -187,6 +221,10 @@ def run_audit(
                             type(exc).__name__)
                 instance_rows.append(instance_row(seg, source_uid, study_uid, reference, ComparisonStatus.FAILED,
                                                    error_text(exc)))
+                continue
+            if role is SegRole.REVIEWED:  # scored, but kept out of the frame table and the means
+                instance_rows.append(instance_row(seg, source_uid, study_uid, reference, ComparisonStatus.REVIEWED,
+                                                   pair=pair, frames=scored))
                 continue
             frame_rows.extend(scored)
             instance_rows.append(instance_row(seg, source_uid, study_uid, reference, ComparisonStatus.OK, pair=pair,
@@ -206,7 +244,12 @@ def run_audit(
     missing_seg = tuple(r.source_sop_uid for r in instance_rows if r.status == ComparisonStatus.MISSING_SEG)
     n_failed = sum(r.status == ComparisonStatus.FAILED for r in instance_rows)
     n_matched = sum(r.status == ComparisonStatus.OK for r in instance_rows)
-    summary.update(n_segs=len(segs), n_missing_reference=len(missing_reference), n_missing_seg=len(missing_seg),
+    reviewed = [r for r in instance_rows if r.status == ComparisonStatus.REVIEWED]
+    reader = reader_review(Path(run_dir), instance_rows) if run_dir is not None else None
+    summary.update(reader.summary if reader else {})
+    summary.update(n_segs=len(segs), n_reviewed_segs=len(reviewed),
+                   n_superseded_segs=sum(r.status == ComparisonStatus.SUPERSEDED for r in instance_rows),
+                   n_missing_reference=len(missing_reference), n_missing_seg=len(missing_seg),
                    n_failed=n_failed, n_studies=len(studies), n_flagged_studies=len(flagged),
                    threshold=float(threshold))
 
@@ -231,7 +274,8 @@ def run_audit(
 
     plots_dir = out / "plots"
     report_html = write_report(out / f"{stem}_report.html", instances=instances_frame, studies=studies_frame,
-                               summary=summary, threshold=float(threshold), cases=cases, plots_dir=plots_dir)
+                               summary=summary, threshold=float(threshold), cases=cases, plots_dir=plots_dir,
+                               extra_html=reader_section(reader))
     log.info("audit: %d compared, %d without reference, %d without SEG, %d failed, %d of %d studies flagged "
              "(threshold %.2f)", n_matched, len(missing_reference), len(missing_seg), n_failed, len(flagged),
              len(studies), threshold)

@@ -146,10 +146,11 @@ def ingest(
     """Ingest every file under `paths`; bad files become issues and the rest carries on.
 
     With `expected_study_uid`, instances of any other study are skipped (a fetch must never mix
-    studies). A repeated SOP Instance UID keeps its first file.
+    studies). A repeated SOP Instance UID keeps its first file in sorted path order (the rule of the
+    nightly's discovery too); each later one is skipped as `duplicate_sop_uid`, naming the winner.
     """
     result = IngestResult()
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     for path in discover_files(paths):
         item = read_instance(path, limits)
         if isinstance(item, UsInstance):
@@ -157,10 +158,11 @@ def ingest(
                 item = make_issue(path, IssueKind.SKIPPED, IssueCode.WRONG_STUDY,
                               "instance belongs to another study than the one fetched", item.header)
             elif item.sop_uid in seen:
-                item = make_issue(path, IssueKind.SKIPPED, IssueCode.DUPLICATE_INSTANCE,
-                              "SOP Instance UID already ingested from another file", item.header)
+                item = make_issue(path, IssueKind.SKIPPED, IssueCode.DUPLICATE_SOP_UID,
+                                  f"SOP Instance UID also in {seen[item.sop_uid]}, which wins (first in path order)",
+                                  item.header)
         if isinstance(item, UsInstance):
-            seen.add(item.sop_uid)
+            seen[item.sop_uid] = path
             result.instances.append(item)
         else:
             result.issues.append(item)

@@ -37,7 +37,8 @@ class IssueCode(str, enum.Enum):
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     UNSUPPORTED_PIXEL_FORMAT = "unsupported_pixel_format"
     DECODE_ERROR = "decode_error"
-    DUPLICATE_INSTANCE = "duplicate_instance"
+    DUPLICATE_SOP_UID = "duplicate_sop_uid"
+    DUPLICATE_INSTANCE = "duplicate_sop_uid"  # the former name
     WRONG_STUDY = "wrong_study"
     INVALID_UID = "invalid_uid"
     NOT_REGULAR_FILE = "not_regular_file"

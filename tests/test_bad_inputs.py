@@ -191,6 +191,17 @@ def ct_only_study(inbox: Path) -> Path:
 def _no_study_date(ds: pydicom.Dataset) -> None:
     del ds.StudyDate
 
+
+def duplicate_of_good(name: str, study_uid: str | None = None) -> Callable[[Path], Path]:
+    """Another file with the good instance's SOP Instance UID and other pixels (in its study or another one)."""
+    def make(inbox: Path) -> Path:
+        ds = pydicom.dcmread(inbox / "good.dcm")
+        ds.PixelData = np.full((64, 64), 200, np.uint8).tobytes()
+        if study_uid:
+            ds.StudyInstanceUID = study_uid
+        return f.save(ds, inbox / name)
+    return make
+
 # name -> (builder(inbox), where the outcome is ("row" | "rejected" | "segmented"), code)
 CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     # files that are not usable DICOM at all: refused at discovery
@@ -213,6 +224,9 @@ CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     # files of a study that is never fetched: no US instance in it, or no StudyDate to place it in a window
     "ct_only_study": (ct_only_study, "rejected", "not_ultrasound"),
     "no_study_date": (_saved(_no_study_date, study_uid=OTHER_STUDY), "rejected", "no_study_date"),
+    # a second file with a SOP Instance UID already seen: the first file in path order (good.dcm) wins
+    "duplicate_sop_uid_same_study": (duplicate_of_good("z_copy.dcm"), "rejected", "duplicate_sop_uid"),
+    "duplicate_sop_uid_other_study": (duplicate_of_good("z_other.dcm", OTHER_STUDY), "rejected", "duplicate_sop_uid"),
     # DICOM that is not an ultrasound image: a skipped row
     "ct_image": (_factory(f.ct_image_file), "row", "not_ultrasound"),
     "mr_secondary_capture": (_factory(lambda p: f.secondary_capture_file(p, "MR")), "row", "not_ultrasound"),
@@ -262,6 +276,9 @@ def test_a_bad_file_gets_a_reason_and_the_good_one_a_seg(name, tmp_path):
         assert others == [], [(r.path, r.error_code, r.error) for r in others]
         assert [r.code for r in night.rejected] == [code], night.rejected
         assert night.rejected[0].reason
+        if code == "duplicate_sop_uid":
+            assert str(Path(night.rejected[0].path).parent / "good.dcm") in night.rejected[0].reason, night.rejected
+            assert [Path(r.path).name for r in good_rows] == ["good.dcm"]  # the winner's pixels were segmented
         if code == "not_ultrasound":
             assert night.rejected[0].reason.startswith("modality CT is not ultrasound"), night.rejected
         assert len(night.seg_paths) == 1
@@ -327,6 +344,19 @@ def test_segment_ingest_of_missing_bits_allocated_is_an_issue_not_a_crash(tmp_pa
     result = ingest([bad, good])
     assert [i.path for i in result.instances] == [good]
     assert result.issues[0].code.value == "unsupported_pixel_format" and "BitsAllocated" in result.issues[0].reason
+
+
+def test_segment_keeps_the_first_file_of_a_duplicate_sop_uid_and_names_it(tmp_path):
+    """Issue 16 (11): the same rule as the nightly: first file in sorted path order wins, the later one is
+    a skipped duplicate_sop_uid issue naming the winner."""
+    first = f.save(_good(), tmp_path / "in" / "a" / "first.dcm")
+    ds = pydicom.dcmread(first)
+    ds.PixelData = np.full((64, 64), 200, np.uint8).tobytes()
+    later = f.save(ds, tmp_path / "in" / "b.dcm")
+    result = ingest([tmp_path / "in"])
+    assert [i.path for i in result.instances] == [first]
+    assert [(i.path, i.code.value, i.kind.value) for i in result.issues] == [(later, "duplicate_sop_uid", "skipped")]
+    assert str(first) in result.issues[0].reason
 
 
 def test_segment_ingest_refuses_invalid_uids(tmp_path):

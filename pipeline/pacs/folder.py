@@ -116,6 +116,23 @@ def scan_with_rejections(root: Path) -> tuple[list[_Header], list[RejectedFile]]
     return headers, rejected
 
 
+def first_file_per_sop_uid(headers: list[_Header]) -> tuple[list[_Header], list[RejectedFile]]:
+    """The one rule for repeated SOP Instance UIDs (in one study or across studies): the first file in
+    sorted path order wins; every later one is rejected as `duplicate_sop_uid`, naming the winner."""
+    winners: dict[str, Path] = {}
+    kept, rejected = [], []
+    for header in sorted(headers, key=lambda h: h.path):
+        ref = header.instance
+        winner = winners.setdefault(ref.sop_uid, header.path)
+        if winner == header.path:
+            kept.append(header)
+        else:
+            rejected.append(RejectedFile(str(header.path), "duplicate_sop_uid",
+                                         f"SOP Instance UID also in {winner}, which wins (first in path order)",
+                                         study_uid=ref.study_uid, sop_uid=ref.sop_uid))
+    return kept, rejected
+
+
 def scan(root: Path) -> list[_Header]:
     """Every DICOM file under root (hidden files and partial writes skipped), in path order."""
     return scan_with_rejections(root)[0]
@@ -151,6 +168,8 @@ class FolderArchive:
         filters = filters or StudyFilters()
         by_study: dict[str, list[_Header]] = defaultdict(list)
         headers, self.rejected = scan_with_rejections(self._require_inbox())
+        headers, duplicates = first_file_per_sop_uid(headers)
+        self.rejected += duplicates
         for header in headers:
             by_study[header.instance.study_uid].append(header)
         self._index = {uid: [h.path for h in hs] for uid, hs in by_study.items()}
@@ -179,7 +198,8 @@ class FolderArchive:
         """Copy (hard-link where possible) the study's files to dest_dir/<StudyUID>/<SOPInstanceUID>.dcm."""
         paths = self._index.get(study.study_uid)
         if paths is None:
-            paths = [h.path for h in scan(self._require_inbox()) if h.instance.study_uid == study.study_uid]
+            headers = first_file_per_sop_uid(scan(self._require_inbox()))[0]
+            paths = [h.path for h in headers if h.instance.study_uid == study.study_uid]
         files, origins = [], {}
         for source in paths:
             header = read_header(source, self.inbox)
@@ -258,4 +278,4 @@ def _link_or_copy(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-__all__ = ["FolderArchive", "inspect_file", "read_header", "scan", "scan_with_rejections"]
+__all__ = ["FolderArchive", "first_file_per_sop_uid", "inspect_file", "read_header", "scan", "scan_with_rejections"]

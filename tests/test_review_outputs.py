@@ -1,16 +1,20 @@
 """What reviews feed: the audit's "AI vs reader" section (reviewed SEGs in the same sink never enter the
-Dice means twice)."""
+Dice means twice) and `reviewed:RUNS_DIR` training data (accepted reviews only)."""
 from __future__ import annotations
 
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 
 from pipeline.audit.run import run_audit
+from pipeline.ingest import iter_frames, read_instance
 from pipeline.review import read_corrections
+from pipeline.seg import read_seg_masks
+from pipeline.training_data import load_data_spec
 from tests.review_run import RUN_ID, copy_review_run, missed_and_false_pixels, review_station
 
 
@@ -102,3 +106,31 @@ def test_an_older_ai_seg_of_the_same_source_is_superseded(reviewed, tmp_path):
     assert newer.SOPInstanceUID in superseded.error.iloc[0]
     assert newer.SOPInstanceUID in set(table.seg_sop_uid[table.status == "ok"])
     assert "AI vs reader" not in result.report_html.read_text()  # no run_dir: no review section
+
+
+def test_reviewed_spec_gives_accepted_reviews_only(reviewed, tmp_path):
+    run, semi, manual, rejected = reviewed
+    samples, description = load_data_spec(f"reviewed:{run.runs_dir}")
+    assert "accepted reviews" in description
+    by_sop: dict[str, list] = {}
+    for sample in samples:
+        by_sop.setdefault(sample.name.rsplit("-f", 1)[0], []).append(sample)
+    assert set(by_sop) == {semi.decision.sop_uid, manual.decision.sop_uid}  # the reject is left out
+    assert [s.name for s in by_sop[manual.decision.sop_uid]] == [f"{manual.decision.sop_uid}-f1"]  # drawn frame
+
+    item = next(i for i in review_station(run).run(RUN_ID).items if i.sop_uid == semi.decision.sop_uid)
+    instance = read_instance(item.source_path)
+    frame = next(iter_frames(instance))
+    (sample,) = by_sop[semi.decision.sop_uid]
+    assert sample.image.dtype == np.uint8 and np.array_equal(sample.image, frame.model_input)  # the model's crop
+    reviewed_mask = read_seg_masks(semi.seg_path, semi.decision.sop_uid)[0, ..., 0]
+    assert np.array_equal(sample.mask, reviewed_mask[frame.crop_bounds.slices()])
+    cal = instance.calibration
+    assert sample.spacing_mm == ((cal.row_spacing_mm, cal.column_spacing_mm) if cal.is_calibrated else None)
+
+    with pytest.raises(ValueError, match="reviewed:RUNS_DIR"):
+        load_data_spec("reviewed:")
+    with pytest.raises(ValueError, match="not a folder"):
+        load_data_spec(f"reviewed:{tmp_path / 'nowhere'}")
+    with pytest.raises(ValueError, match="no accepted review"):
+        load_data_spec(f"reviewed:{tmp_path}")

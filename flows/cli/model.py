@@ -10,7 +10,7 @@ from flows.cli.output import fail
 
 
 def train(
-    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), an imgs/gts PNG folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
+    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), an imgs/gts PNG folder, NPZ file(s), dicom:IMAGES_DIR:REFERENCE_SEG_DIR, or reviewed:RUNS_DIR (accepted reviews)."),
     val_data: Optional[str] = typer.Option(None, help="Validation data (same forms); the best epoch on it is kept."),
     val_fraction: Optional[float] = typer.Option(None, help="Fraction of --data held out to pick the best epoch. Default: none for 20 or fewer images (all train, fixed schedule, final weights), else 0.2."),
     out: Path = typer.Option(Path("checkpoints/sam2rad_ppn.safetensors"), help="Checkpoint to write (a .json model card goes beside it)."),

@@ -60,6 +60,32 @@ def photometric_problem(header: Dataset) -> str | None:
         return f"{photometric} needs 1 sample per pixel, found {samples}"
     if photometric == "PALETTE COLOR" and "RedPaletteColorLookupTableDescriptor" not in header:
         return "PALETTE COLOR image has no palette lookup table"
+    if photometric == "PALETTE COLOR":
+        return palette_problem(header)
+    return None
+
+
+def palette_problem(header: Dataset) -> str | None:
+    """A palette lookup table whose descriptor and data disagree (pydicom would fail with a NumPy error)."""
+    for colour in ("Red", "Green", "Blue"):
+        keyword = f"{colour}PaletteColorLookupTableDescriptor"
+        descriptor = header.get(keyword)
+        try:
+            entries, _, bits = (int(v) for v in descriptor)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            return f"{keyword} is missing or not 3 numbers"
+        if bits not in (8, 16):
+            return f"{keyword} declares {bits} bits per entry; 8 or 16 expected"
+        entries = entries or 65536  # 0 means 2**16
+        data = header.get(f"{colour}PaletteColorLookupTableData")
+        if data is None:
+            if f"Segmented{colour}PaletteColorLookupTableData" in header:
+                continue
+            return f"{colour}PaletteColorLookupTableData is missing"
+        needed = entries * (2 if bits == 16 else 1)  # 8-bit entries may be stored in 16-bit words
+        if len(data) < needed:
+            return (f"{colour}PaletteColorLookupTableData holds {len(data)} bytes; {keyword} declares "
+                    f"{entries} entries of {bits} bits ({needed} bytes)")
     return None
 
 

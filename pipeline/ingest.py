@@ -32,6 +32,7 @@ from pipeline.ingest_checks import (
     identity_issue,
     int_attr,
     make_issue,
+    overlong_element,
     pixel_data_issue,
     pixel_format_issue,
     sop_class_issue,
@@ -96,6 +97,10 @@ def read_instance(path: str | os.PathLike[str], limits: IngestLimits = IngestLim
         return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, "DICOM header nests sequences too deeply to read")
     except Exception as exc:  # pydicom raises many kinds on damaged headers
         return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, f"DICOM header cannot be read: {type(exc).__name__}")
+    if any(not text_attr(header, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
+        overlong = overlong_element(path)  # a huge declared length hides every later element
+        if overlong is not None:
+            return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, overlong, valid_uids_only(header))
     if "SOPClassUID" not in header and "SOPInstanceUID" not in header:
         return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, "DICOM header has no SOP Class/Instance UID (damaged file?)")
     try:

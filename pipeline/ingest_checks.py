@@ -171,6 +171,42 @@ def _expected_native_bytes(ds: Dataset, n_frames: int) -> int:
     return pixels * bits // 8
 
 
+def overlong_element(path: Path) -> str | None:
+    """The first top-level element declaring more bytes than the file has left: pydicom reads it to the
+    end of the file and silently loses every later element (UIDs included), so say so instead."""
+    try:
+        size = path.stat().st_size
+        with suppress_dicom_warnings(), open(path, "rb") as fp:
+            pydicom.filereader.read_preamble(fp, False)
+            syntax = pydicom.uid.UID(pydicom.filereader._read_file_meta_info(fp).TransferSyntaxUID)
+            if syntax.is_deflated:
+                return None
+            elements = pydicom.filereader.data_element_generator(fp, syntax.is_implicit_VR, syntax.is_little_endian,
+                                                                 defer_size=256)
+            for raw in elements:
+                length, tell = raw.length, raw.value_tell
+                if length == 0xFFFFFFFF or tell + length <= size:
+                    continue
+                tag = raw.tag
+                name = pydicom.datadict.keyword_for_tag(tag) or "a private element"
+                return (f"element {tag} ({name}) declares a length of {length} bytes, more than the "
+                        f"{max(0, size - tell)} left in the file; the elements after it cannot be read")
+    except Exception:  # noqa: BLE001 - this only refines a reason; the caller already has one
+        return None
+    return None
+
+
+def _bits_mismatch(header: Dataset, n_frames: int, stored: int) -> str | None:
+    """Pixel data whose size fits another BitsAllocated (e.g. 8-bit RGB samples labelled 16-bit)."""
+    bits = int(header.BitsAllocated)
+    for other in (8, 16):
+        if other < bits and stored == _expected_native_bytes(header, n_frames) * other // bits:
+            return (f"BitsAllocated is {bits} but PixelData holds {stored} bytes, the size of {other}-bit samples "
+                    f"for Rows x Columns x SamplesPerPixel {int(header.get('SamplesPerPixel', 1) or 1)} x "
+                    f"{n_frames} frame(s); BitsAllocated does not match the pixel data")
+    return None
+
+
 def pixel_data_issue(path: Path, header: Dataset, n_frames: int) -> IngestIssue | None:
     """Is the pixel data present and complete? Large native pixel data is checked by length only."""
     fail = IssueKind.FAILED
@@ -194,9 +230,13 @@ def pixel_data_issue(path: Path, header: Dataset, n_frames: int) -> IngestIssue 
         stored = len(full.PixelData or b"")
     if stored == 0:
         return make_issue(path, fail, IssueCode.NO_PIXEL_DATA, "PixelData is empty", header)
+    mismatch = _bits_mismatch(header, n_frames, stored) if stored < expected else None
+    if mismatch is not None:
+        return make_issue(path, fail, IssueCode.UNSUPPORTED_PIXEL_FORMAT, mismatch, header)
     if stored < expected:
         return make_issue(
             path, fail, IssueCode.TRUNCATED,
-            f"pixel data holds {stored} bytes, {expected} expected for {n_frames} frame(s) (truncated)", header,
+            f"PixelData holds {stored} bytes, {expected} expected from Rows x Columns x SamplesPerPixel x "
+            f"BitsAllocated for {n_frames} frame(s) (truncated)", header,
         )
     return None

@@ -176,6 +176,38 @@ def _rgb16(ds: pydicom.Dataset) -> None:
     ds.PixelData = np.zeros((64, 64, 3), dtype="<u2").tobytes()
 
 
+def _rgb16_with_8bit_samples(ds: pydicom.Dataset) -> None:
+    _rgb16(ds)
+    ds.PixelData = np.zeros((64, 64, 3), dtype=np.uint8).tobytes()  # 8-bit samples labelled 16-bit
+
+
+def _short_palette(ds: pydicom.Dataset) -> None:
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", b"\0\0" * 4)  # 4 entries, 256 declared
+
+
+def huge_element_length(inbox: Path) -> Path:
+    """A private OB element declaring 4 GB, before the patient and study groups: every later element
+    (StudyInstanceUID included) is swallowed by it."""
+    path = f.save(_good(), inbox / "huge_length.dcm")
+    data = path.read_bytes()
+    creator = struct.pack("<HH", 0x0009, 0x0010) + b"LO" + struct.pack("<H", 4) + b"ACME"
+    huge = struct.pack("<HH", 0x0009, 0x1001) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFF0) + b"xx"
+    at = data.find(b"\x10\x00\x10\x00PN")  # PatientName: group 0009 goes just before it
+    path.write_bytes(data[:at] + creator + huge + data[at:])
+    return path
+
+
+# What a reason must name (issue 16 (14): the attribute and the problem, never a library's message).
+REASON_NAMES = {
+    "rgb16_with_8bit_samples": "BitsAllocated is 16 but PixelData holds 12288 bytes, the size of 8-bit samples",
+    "short_palette_lut": "RedPaletteColorLookupTableData holds 8 bytes; RedPaletteColorLookupTableDescriptor declares 256",
+    "huge_element_length": "element (0009,1001) (a private element) declares a length of 4294967280 bytes",
+    "truncated_pixels": "expected from Rows x Columns x SamplesPerPixel x BitsAllocated",
+}
+
 GOOD_STUDY = f.STUDY_UID
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.1000099"
 
@@ -227,6 +259,7 @@ CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     # a second file with a SOP Instance UID already seen: the first file in path order (good.dcm) wins
     "duplicate_sop_uid_same_study": (duplicate_of_good("z_copy.dcm"), "rejected", "duplicate_sop_uid"),
     "duplicate_sop_uid_other_study": (duplicate_of_good("z_other.dcm", OTHER_STUDY), "rejected", "duplicate_sop_uid"),
+    "huge_element_length": (huge_element_length, "rejected", "unreadable"),
     # DICOM that is not an ultrasound image: a skipped row
     "ct_image": (_factory(f.ct_image_file), "row", "not_ultrasound"),
     "mr_secondary_capture": (_factory(lambda p: f.secondary_capture_file(p, "MR")), "row", "not_ultrasound"),
@@ -258,6 +291,8 @@ CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     "unknown_photometric": (_saved(_set(PhotometricInterpretation="CMYK")), "row", "unsupported_pixel_format"),
     "samples_mismatch": (_saved(_set(SamplesPerPixel=3)), "row", "unsupported_pixel_format"),
     "palette_without_lut": (_saved(_set(PhotometricInterpretation="PALETTE COLOR")), "row", "unsupported_pixel_format"),
+    "rgb16_with_8bit_samples": (_saved(_rgb16_with_8bit_samples), "row", "unsupported_pixel_format"),
+    "short_palette_lut": (_saved(_short_palette), "row", "unsupported_pixel_format"),
     # odd real-world identity values: segmented, the SEG is valid
     "patient_sex_u": (_saved(_set(PatientSex="U")), "segmented", "ok"),
     "patient_sex_lowercase": (_saved(_set(PatientSex="m")), "segmented", "ok"),
@@ -272,6 +307,10 @@ def test_a_bad_file_gets_a_reason_and_the_good_one_a_seg(name, tmp_path):
     good_rows = [r for r in night.rows if r.sop_uid == night.good_sop]
     assert [r.status for r in good_rows] == ["ok"], [(r.status, r.error) for r in good_rows]
     others = [r for r in night.rows if r.sop_uid != night.good_sop]
+    reasons = [r.reason for r in night.rejected] + [r.error or "" for r in others]
+    if name in REASON_NAMES:
+        assert any(REASON_NAMES[name] in reason for reason in reasons), reasons
+    assert not any("numpy" in reason.lower() or "uint0" in reason for reason in reasons), reasons
     if where == "rejected":
         assert others == [], [(r.path, r.error_code, r.error) for r in others]
         assert [r.code for r in night.rejected] == [code], night.rejected
@@ -357,6 +396,12 @@ def test_segment_keeps_the_first_file_of_a_duplicate_sop_uid_and_names_it(tmp_pa
     assert [i.path for i in result.instances] == [first]
     assert [(i.path, i.code.value, i.kind.value) for i in result.issues] == [(later, "duplicate_sop_uid", "skipped")]
     assert str(first) in result.issues[0].reason
+
+
+def test_segment_ingest_names_an_element_whose_length_swallows_the_file(tmp_path):
+    result = ingest([huge_element_length(tmp_path)])
+    assert result.instances == [] and result.issues[0].code.value == "unreadable"
+    assert REASON_NAMES["huge_element_length"] in result.issues[0].reason
 
 
 def test_segment_ingest_refuses_invalid_uids(tmp_path):

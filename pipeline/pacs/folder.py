@@ -16,6 +16,7 @@ from pydicom.errors import InvalidDicomError
 
 from pipeline.decode import suppress_dicom_warnings
 from pipeline.dicom_file import write_dicom_file
+from pipeline.ingest_checks import overlong_element
 from pipeline.pacs.base import (
     answers,
     InstanceRef,
@@ -84,6 +85,9 @@ def inspect_file(path: Path, root: Path | None = None) -> _Header | RejectedFile
         problem_text = uid_problem(value, what)
         if problem_text is not None:
             code = "missing_identity" if not value else "invalid_uid"
+            overlong = overlong_element(path) if not value else None
+            if overlong is not None:  # the UID is there, hidden behind an element that claims the rest
+                code, problem_text = "unreadable", overlong
             return RejectedFile(str(path), code, problem_text,
                                 study_uid=study_uid if is_valid_uid(study_uid) else None,
                                 sop_uid=sop_uid if is_valid_uid(sop_uid) else None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from pipeline.pacs import Outbox, PacsError, PacsSettings, drain, open_archive
 from pipeline.pacs.base import safe_uid
 from pipeline.run_tables import study_metrics, write_rejected_table, write_tables
 from pipeline.seg import SegWriter
+from pipeline.staging import study_staging, sweep_stale_staging
 from pipeline.studies import RejectedFile, StudyRef, parse_window
 from pipeline.study_processing import InstanceRecorder, StudyResult, process_study
 
@@ -125,8 +125,8 @@ def segment_study(settings: PacsSettings, sink_settings: PacsSettings, ref: Stud
                                 Outbox(sink_settings.store_outbox), sink_settings.retry_policy(), dry_run)
     seg_dir = Path(run_dir) / "segs" / safe_uid(ref.study_uid, "StudyInstanceUID")  # checked before any path
     seg_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sam2rad-fetch-") as staging:
-        fetched = archive.fetch(ref, Path(staging))
+    with study_staging(Path(run_dir).parent) as staging:  # <output_dir>/staging, swept after a kill
+        fetched = archive.fetch(ref, staging)
         outcome = process_study(fetched, model, SegWriter(algorithm), seg_dir, mode, batch_size, dry_run,
                                 is_done=recorder.is_done, on_result=recorder.record, batch_guard=gpu_slot)
     return StudyResult.of(outcome, recorder)
@@ -163,6 +163,9 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     run_dir = out / f"nightly-{window.start:%Y%m%d}-{window.end:%Y%m%d}-{run_id}"
     ledger_file = str(Path(ledger_path).resolve() if ledger_path else out / "ledger.sqlite")
     Ledger(ledger_file)  # create it (and fail early if the path is unusable)
+    swept = sweep_stale_staging(out)  # source DICOM a killed run left behind
+    if swept:
+        logger.warning("removed %d staging folder(s) a killed run left under %s", swept, out / "staging")
 
     model = load_model(checkpoint, default_device())  # once per worker process
     fingerprint = seg_algorithm_for(model, mode).fingerprint

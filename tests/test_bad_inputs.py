@@ -419,6 +419,36 @@ def test_deep_nesting_in_segment_ingest_is_an_issue(tmp_path):
 
 
 
+def test_a_killed_run_stages_under_the_output_folder_and_the_next_start_sweeps_it(tmp_path):
+    """Issue 16 (16): a run killed mid-study (SIGKILL) leaves its fetched source DICOM under
+    <output_dir>/staging, never in the system temp folder, and the next start removes it; a live
+    run's staging folder (another shard, this process) is left alone."""
+    import signal
+    import tempfile
+
+    from pipeline.staging import staging_root, study_staging, sweep_stale_staging
+
+    out, system_tmp = tmp_path / "runs", tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    script = f"""
+import os, signal, shutil
+from pipeline.staging import study_staging
+with study_staging({str(out)!r}) as staging:
+    shutil.copy({str(f.save(_good(), tmp_path / "src.dcm"))!r}, staging / "x.dcm")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    env = {**os.environ, "TMPDIR": str(system_tmp)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], env=env, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    left = list(staging_root(out).rglob("*.dcm"))
+    assert len(left) == 1 and not list(system_tmp.iterdir())
+    with study_staging(out) as live:  # this process's folder is live: kept
+        assert sweep_stale_staging(out) == 1
+        assert live.is_dir() and not list(staging_root(out).rglob("*.dcm"))
+    assert list(staging_root(out).iterdir()) == []
+    assert not list(Path(tempfile.gettempdir()).glob(f"sam2rad-fetch-*{os.getpid()}*"))
+
+
 # -- the real nightly flow (Prefect local mode) on a hostile inbox, with PHI markers everywhere ---------------
 
 PHI = {"PatientName": "Phimark^Zelda", "PatientID": "PHIMARK-ID-77", "PatientBirthDate": "19111111",
@@ -488,6 +518,8 @@ print("ARTIFACTS", json.dumps(asyncio.run(art())))
     assert table[table.status == "failed"].error_code.tolist() == ["unsupported_pixel_format"]
     assert len(pd.read_csv(run_dir / "nightly_rejected.csv")) == 5
     assert not list(tmp_path.parent.glob("*escaped*")) and not list(tmp_path.rglob("*escaped*"))
+    assert (tmp_path / "runs" / "staging").is_dir()  # studies were staged under the output folder (issue 16 (16))
+    assert list((tmp_path / "runs" / "staging").iterdir()) == []  # and cleaned up
     texts = {"log": out.stdout + out.stderr, "artifacts": artifacts}
     # Everything the run wrote but the SEGs themselves (which must carry the patient's identity).
     texts |= {str(p): p.read_bytes().decode("latin-1") for p in (tmp_path / "runs").rglob("*")

@@ -44,6 +44,9 @@ class StudyRef:
     study_date: str = ""
     modalities: tuple[str, ...] = ()
     n_instances: int | None = None
+    # The folder archive's index: the study's files, found by the night's one scan, so each study's
+    # fetch (in its own task, with its own archive object) reads only these instead of the inbox again.
+    files: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -449,6 +449,23 @@ with study_staging({str(out)!r}) as staging:
     assert not list(Path(tempfile.gettempdir()).glob(f"sam2rad-fetch-*{os.getpid()}*"))
 
 
+def test_the_night_scans_the_inbox_once_not_once_per_study(tmp_path, monkeypatch):
+    """Issue 16 (17): discover builds the index; each study's fetch (a fresh archive object, as in the
+    flow's segment-study task) uses it from the StudyRef instead of scanning the inbox again."""
+    import pipeline.pacs.folder as folder
+
+    inbox = tmp_path / "inbox"
+    for k in range(3):
+        f.save(_good(study_uid=f"{OTHER_STUDY}.{k}"), inbox / f"s{k}" / "a.dcm")
+    scans = []
+    real_scan = folder.scan_with_rejections
+    monkeypatch.setattr(folder, "scan_with_rejections", lambda root: scans.append(root) or real_scan(root))
+    studies = FolderArchive(inbox, tmp_path / "outbox").discover(WINDOW)
+    fetched = [FolderArchive(inbox, tmp_path / "outbox").fetch(ref, tmp_path / "staging") for ref in studies]
+    assert len(studies) == 3 and [len(x.files) for x in fetched] == [1, 1, 1]
+    assert len(scans) == 1
+
+
 # -- the real nightly flow (Prefect local mode) on a hostile inbox, with PHI markers everywhere ---------------
 
 PHI = {"PatientName": "Phimark^Zelda", "PatientID": "PHIMARK-ID-77", "PatientBirthDate": "19111111",

@@ -193,14 +193,17 @@ class FolderArchive:
                                                 f"{'/'.join(filters.modalities)} instance") for h in headers]
                 continue
             studies.append(StudyRef(study_uid=uid, study_date=study_date, modalities=modalities,
-                                    n_instances=len(headers)))
+                                    n_instances=len(headers), files=tuple(str(h.path) for h in headers)))
         studies.sort(key=lambda s: (s.study_date, s.study_uid))
         log.info("folder discover %s: %d studies (of %d in inbox)", window.dicom_range(), len(studies), len(by_study))
         return studies
 
     def fetch(self, study: StudyRef, dest_dir: Path) -> FetchedStudy:
-        """Copy (hard-link where possible) the study's files to dest_dir/<StudyUID>/<SOPInstanceUID>.dcm."""
-        paths = self._index.get(study.study_uid)
+        """Copy (hard-link where possible) the study's files to dest_dir/<StudyUID>/<SOPInstanceUID>.dcm.
+
+        The files are those discover indexed (`study.files`); only a StudyRef made elsewhere scans the inbox."""
+        # discover's index, carried by the StudyRef (the night scans the inbox once, not once per study)
+        paths = [Path(p) for p in study.files] or self._index.get(study.study_uid)
         if paths is None:
             headers = first_file_per_sop_uid(scan(self._require_inbox()))[0]
             paths = [h.path for h in headers if h.instance.study_uid == study.study_uid]

@@ -234,6 +234,15 @@ def duplicate_of_good(name: str, study_uid: str | None = None) -> Callable[[Path
         return f.save(ds, inbox / name)
     return make
 
+def _overlong_identity(ds: pydicom.Dataset) -> None:
+    """Issue 16 (13): a 2360-character PatientName (and other values over their VR's maximum length)."""
+    ds.PatientName = "Longname^" + "Q" * 2351
+    ds.PatientID = "P" * 80  # LO: 64
+    ds.AccessionNumber = "A" * 40  # SH: 16
+    ds.StudyID = "S" * 30  # SH: 16
+    ds.ReferringPhysicianName = "Ref^" + "R" * 100  # PN: 64 per component group
+
+
 # name -> (builder(inbox), where the outcome is ("row" | "rejected" | "segmented"), code)
 CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     # files that are not usable DICOM at all: refused at discovery
@@ -297,6 +306,7 @@ CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     "patient_sex_u": (_saved(_set(PatientSex="U")), "segmented", "ok"),
     "patient_sex_lowercase": (_saved(_set(PatientSex="m")), "segmented", "ok"),
     "patient_sex_word": (_saved(_set(PatientSex="MALE")), "segmented", "ok"),
+    "overlong_patient_name": (_saved(_overlong_identity), "segmented", "ok"),
 }
 
 
@@ -557,3 +567,26 @@ def test_implausible_calibration_is_refused_with_a_reason(delta):
     assert calibration.source is CalibrationSource.UNCALIBRATED and calibration.row_spacing_mm is None
     assert any("PhysicalDeltaX is not a plausible spacing" in note for note in calibration.notes), calibration.notes
     assert calibration.crop_bounds(64, 64) is not None  # the imaging region still crops the image
+
+
+def test_overlong_identity_values_are_cut_to_their_vr_and_never_logged(tmp_path, caplog):
+    """Issue 16 (13): PatientName of 2360 characters -> 64 in the SEG (PN: 64 per component group), LO/SH
+    values cut to 64/16, an over-long code string emptied; the log names the attributes, never a value."""
+    import logging
+
+    from pipeline.seg.conform import conform_lengths
+
+    caplog.set_level(logging.DEBUG)
+    night = run_night(tmp_path, _saved(_overlong_identity))
+    assert len(night.seg_paths) == 2
+    for seg in night.seg_paths:
+        ds = pydicom.dcmread(seg, stop_before_pixels=True)
+        if str(ds.PatientName).startswith("Longname"):
+            assert str(ds.PatientName) == ("Longname^" + "Q" * 2351)[:64]
+            assert (len(ds.PatientID), len(ds.AccessionNumber), len(ds.StudyID)) == (64, 16, 16)
+        assert dciodvfy_errors(seg) == []
+    assert "QQQQ" not in caplog.text and "PPPP" not in caplog.text and "PatientName" in caplog.text
+    ds = pydicom.Dataset()
+    ds.PatientName, ds.PatientAge = "A" * 70 + "=" + "B" * 10, "0077Y"
+    assert conform_lengths(ds) == ["PatientName", "PatientAge"]
+    assert str(ds.PatientName) == "A" * 64 + "=" + "B" * 10 and ds.PatientAge in (None, "")

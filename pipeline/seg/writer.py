@@ -22,6 +22,7 @@ from pipeline.dicom_file import write_dicom_file
 from pipeline.ingest import UsInstance
 from pipeline.seg.cine import expand_to_cine, single_frame_view
 from pipeline.seg.algorithm import SegAlgorithm, SegmentClass, segment_classes_for
+from pipeline.seg.conform import conform_lengths
 from pipeline.seg.uids import SegUids, derive_seg_uids
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,8 @@ def _conformant(value: object, vr: type) -> str | None:
 
 def source_view(source: UsInstance) -> Dataset:
     """The source metadata as highdicom needs it: Type 2 identity present (maybe empty), dates and
-    times conformant, and a cine posing as a single frame (see pipeline.seg.cine)."""
+    times conformant, values within their VR's length, and a cine posing as a single frame (see
+    pipeline.seg.cine)."""
     view = single_frame_view(source.header) if source.is_multiframe else copy.deepcopy(source.header)
     for keyword in _TYPE2_IDENTITY:
         if keyword not in view:
@@ -134,6 +136,7 @@ def source_view(source: UsInstance) -> Dataset:
         setattr(view, keyword, _conformant(view.get(keyword), vr))
     # PatientSex is M, F or O; real archives hold 'U', 'm', 'MALE': normalise, else empty (Type 2).
     view.PatientSex = _PATIENT_SEX.get(str(view.get("PatientSex", "") or "").strip().upper())
+    conform_lengths(view)  # a 2360-character PatientName is cut to 64 (issue 16 (13))
     return view
 
 

@@ -28,6 +28,7 @@ from pipeline.seg import SegWriter
 from pipeline.staging import study_staging, sweep_stale_staging
 from pipeline.studies import RejectedFile, StudyRef, parse_window
 from pipeline.study_processing import InstanceRecorder, StudyResult, process_study
+from pipeline.us_records import IngestLimits
 
 SUMMARY_ARTIFACT = "sam2rad-nightly-summary"
 
@@ -159,6 +160,7 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     settings = _settings(source_kind, inbox, outbox, out)
     sink_settings = settings if not sink_kind or sink_kind == source_kind else settings.replace(kind=sink_kind)
     window = parse_window(start_date, end_date)
+    IngestLimits().decoded_bytes_budget()  # a bad SAM2RAD_MAX_DECODED_BYTES fails the start, not each study
     run_id = str(get_run_context().flow_run.id)[:8]
     run_dir = out / f"nightly-{window.start:%Y%m%d}-{window.end:%Y%m%d}-{run_id}"
     ledger_file = str(Path(ledger_path).resolve() if ledger_path else out / "ledger.sqlite")

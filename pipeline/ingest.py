@@ -27,6 +27,7 @@ from pipeline.decode import (
 )
 from pipeline.ingest_checks import (
     PIXEL_DATA_TAG,
+    budget_issue,
     valid_uids_only,
     geometry_issue,
     identity_issue,
@@ -60,6 +61,7 @@ def instance_from_header(
     issue = identity_issue(path, header)  # first: no row, path or SEG is made from an invalid UID
     issue = issue or sop_class_issue(path, header)
     issue = issue or geometry_issue(path, header, limits) or pixel_format_issue(path, header)
+    issue = issue or budget_issue(path, header, limits)  # before any decoding (issue 16 (9))
     if issue is not None:
         return issue
     calibration = calibration_from_dataset(header)
@@ -85,6 +87,7 @@ def instance_from_header(
 def read_instance(path: str | os.PathLike[str], limits: IngestLimits = IngestLimits()) -> UsInstance | IngestIssue:
     """Read one file: an UsInstance, or an IngestIssue saying why not. Never raises for bad input."""
     path = Path(path)
+    limits.decoded_bytes_budget()  # a bad SAM2RAD_MAX_DECODED_BYTES is a configuration error, raised here
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block forever, a device never end
             return make_issue(path, IssueKind.FAILED, IssueCode.NOT_REGULAR_FILE,

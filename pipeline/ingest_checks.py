@@ -14,7 +14,7 @@ from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundMultiFrameImageS
 from pipeline.decode import photometric_problem, suppress_dicom_warnings, transfer_syntax_problem
 from pipeline.sop_classes import SEG_SOP_CLASSES, ULTRASOUND_SOP_CLASSES
 from pipeline.uid_check import is_valid_uid, uid_problem
-from pipeline.us_records import IngestIssue, IngestLimits, IssueCode, IssueKind
+from pipeline.us_records import MAX_DECODED_BYTES_ENV, IngestIssue, IngestLimits, IssueCode, IssueKind
 
 PIXEL_DATA_TAG = 0x7FE00010
 # Pixel data above this size is not read while ingesting; only its length is checked.
@@ -110,6 +110,25 @@ def geometry_issue(path: Path | None, ds: Dataset, limits: IngestLimits) -> Inge
             f"image is {cols}x{rows} pixels, more than the limit of {limits.max_pixels_per_frame} per frame", ds,
         )
     return None
+
+
+def budget_issue(path: Path | None, ds: Dataset, limits: IngestLimits) -> IngestIssue | None:
+    """The decoded size the header declares (Rows x Columns x SamplesPerPixel x NumberOfFrames x bytes per
+    sample) against the memory budget, before anything is decoded: a few-KB JPEG 2000 file can
+    declare gigabytes. Runs after geometry_issue and pixel_format_issue (the numbers are valid)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples, frames = int(ds.SamplesPerPixel), int_attr(ds, "NumberOfFrames", 1) or 1
+    sample_bytes = -(-int(ds.BitsAllocated) // 8)
+    declared = rows * cols * samples * frames * sample_bytes
+    budget = limits.decoded_bytes_budget()
+    if declared <= budget:
+        return None
+    return make_issue(
+        path, IssueKind.FAILED, IssueCode.OVER_BUDGET,
+        f"header declares {declared} bytes decoded ({rows} x {cols} x {samples} samples x {frames} frames x "
+        f"{sample_bytes} byte{'s' if sample_bytes > 1 else ''}), more than the budget of {budget} bytes "
+        f"({MAX_DECODED_BYTES_ENV}); not decoded", ds,
+    )
 
 
 # The Image Pixel module's Type 1 attributes ingest and decoding rely on (Rows/Columns: geometry_issue).

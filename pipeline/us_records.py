@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,11 @@ class IssueCode(str, enum.Enum):
     WRONG_STUDY = "wrong_study"
     INVALID_UID = "invalid_uid"
     NOT_REGULAR_FILE = "not_regular_file"
+    OVER_BUDGET = "over_budget"
+
+
+MAX_DECODED_BYTES_ENV = "SAM2RAD_MAX_DECODED_BYTES"
+DEFAULT_MAX_DECODED_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,24 @@ class IngestLimits:
     min_rows: int = 16
     min_cols: int = 16
     max_pixels_per_frame: int = 4096 * 4096
+    # Decoded size an instance may declare (all frames); None: SAM2RAD_MAX_DECODED_BYTES, else 2 GiB.
+    max_decoded_bytes: int | None = None
+
+    def decoded_bytes_budget(self) -> int:
+        """The memory budget for one instance's decoded pixels; a bad environment value is a ValueError
+        naming the variable (a configuration error, not a bad file)."""
+        if self.max_decoded_bytes is not None:
+            return self.max_decoded_bytes
+        text = os.environ.get(MAX_DECODED_BYTES_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_DECODED_BYTES
+        try:
+            budget = int(text)
+        except ValueError:
+            raise ValueError(f"{MAX_DECODED_BYTES_ENV} must be a number of bytes, got {text!r}") from None
+        if budget < 1:
+            raise ValueError(f"{MAX_DECODED_BYTES_ENV} must be positive, got {budget}")
+        return budget
 
     def __post_init__(self) -> None:
         if self.max_frames < 1:
@@ -60,6 +84,8 @@ class IngestLimits:
             raise ValueError("minimum image size must be at least 1x1")
         if self.max_pixels_per_frame < self.min_rows * self.min_cols:
             raise ValueError("max_pixels_per_frame is below the minimum image size")
+        if self.max_decoded_bytes is not None and self.max_decoded_bytes < 1:
+            raise ValueError(f"max_decoded_bytes must be positive, got {self.max_decoded_bytes}")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.ingest import ingest
+from pipeline.ingest import ingest, read_instance
 from pipeline.pacs.folder import FolderArchive
 from pipeline.seg import SegAlgorithm, SegWriter
 from pipeline.studies import DateWindow
@@ -206,6 +206,8 @@ REASON_NAMES = {
     "short_palette_lut": "RedPaletteColorLookupTableData holds 8 bytes; RedPaletteColorLookupTableDescriptor declares 256",
     "huge_element_length": "element (0009,1001) (a private element) declares a length of 4294967280 bytes",
     "truncated_pixels": "expected from Rows x Columns x SamplesPerPixel x BitsAllocated",
+    "memory_bomb": "declares 3221225472 bytes decoded (4096 x 4096 x 3 samples x 64 frames x 1 byte), more than "
+                   "the budget of 2147483648 bytes (SAM2RAD_MAX_DECODED_BYTES)",
 }
 
 GOOD_STUDY = f.STUDY_UID
@@ -241,6 +243,20 @@ def _overlong_identity(ds: pydicom.Dataset) -> None:
     ds.AccessionNumber = "A" * 40  # SH: 16
     ds.StudyID = "S" * 30  # SH: 16
     ds.ReferringPhysicianName = "Ref^" + "R" * 100  # PN: 64 per component group
+
+
+def memory_bomb(inbox: Path) -> Path:
+    """Issue 16 (9): a tiny JPEG 2000 file declaring 64 RGB frames of 4096x4096 (3 GiB decoded)."""
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = f.compressed(_good(), JPEG2000Lossless)
+    frame = b"".join(next(generate_fragmented_frames(ds.PixelData, number_of_frames=1)))
+    ds.Rows = ds.Columns = 4096
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.NumberOfFrames, ds.SOPClassUID = 64, "1.2.840.10008.5.1.4.1.1.3.1"
+    ds.PixelData = encapsulate([frame] * 64)
+    return f.save(ds, inbox / "bomb.dcm")
 
 
 # name -> (builder(inbox), where the outcome is ("row" | "rejected" | "segmented"), code)
@@ -302,6 +318,7 @@ CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     "palette_without_lut": (_saved(_set(PhotometricInterpretation="PALETTE COLOR")), "row", "unsupported_pixel_format"),
     "rgb16_with_8bit_samples": (_saved(_rgb16_with_8bit_samples), "row", "unsupported_pixel_format"),
     "short_palette_lut": (_saved(_short_palette), "row", "unsupported_pixel_format"),
+    "memory_bomb": (memory_bomb, "row", "over_budget"),
     # odd real-world identity values: segmented, the SEG is valid
     "patient_sex_u": (_saved(_set(PatientSex="U")), "segmented", "ok"),
     "patient_sex_lowercase": (_saved(_set(PatientSex="m")), "segmented", "ok"),
@@ -590,3 +607,30 @@ def test_overlong_identity_values_are_cut_to_their_vr_and_never_logged(tmp_path,
     ds.PatientName, ds.PatientAge = "A" * 70 + "=" + "B" * 10, "0077Y"
     assert conform_lengths(ds) == ["PatientName", "PatientAge"]
     assert str(ds.PatientName) == "A" * 64 + "=" + "B" * 10 and ds.PatientAge in (None, "")
+
+
+def test_a_memory_bomb_is_refused_from_its_header_quickly_and_in_little_memory(tmp_path, monkeypatch):
+    """Issue 16 (9): a few-KB JPEG 2000 file declaring 3 GiB decoded is refused (over_budget) before any
+    decoding, in well under a second of work and a few MB; SAM2RAD_MAX_DECODED_BYTES moves the budget."""
+    import time
+    import tracemalloc
+
+    bomb = memory_bomb(tmp_path)
+    assert bomb.stat().st_size < 100_000
+    tracemalloc.start()
+    started = time.monotonic()
+    result = ingest([bomb])
+    elapsed = time.monotonic() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.instances == [] and [i.code.value for i in result.issues] == ["over_budget"]
+    assert REASON_NAMES["memory_bomb"] in result.issues[0].reason
+    assert peak < 20 * 2**20 and elapsed < 10, (peak, elapsed)
+    monkeypatch.setenv("SAM2RAD_MAX_DECODED_BYTES", str(4 * 2**30))
+    assert [type(x).__name__ for x in [read_instance(bomb)]] == ["UsInstance"]
+    monkeypatch.setenv("SAM2RAD_MAX_DECODED_BYTES", "1000")  # a 64x64 8-bit image holds 4096 bytes
+    good = read_instance(f.save(_good(), tmp_path / "good.dcm"))
+    assert good.code.value == "over_budget" and "budget of 1000 bytes" in good.reason
+    monkeypatch.setenv("SAM2RAD_MAX_DECODED_BYTES", "lots")
+    with pytest.raises(ValueError, match="SAM2RAD_MAX_DECODED_BYTES"):
+        read_instance(bomb)

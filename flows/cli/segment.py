@@ -32,7 +32,7 @@ def segment(
     torch.set_num_threads(threads)
     try:
         result = ingest(files)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: a bad SAM2RAD_MAX_DECODED_BYTES
         fail(str(exc))
     failed = 0
     for issue in result.issues:

@@ -7,6 +7,7 @@ and the rest of the batch carries on.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -39,6 +40,7 @@ from pipeline.ingest_checks import (
     sop_class_issue,
     text_attr,
 )
+from pipeline.j2k_check import instance_warnings
 from pipeline.studies import FetchedStudy
 from pipeline.us_records import (
     IngestIssue,
@@ -110,7 +112,11 @@ def read_instance(path: str | os.PathLike[str], limits: IngestLimits = IngestLim
         result = instance_from_header(header, path, limits)
         if isinstance(result, IngestIssue):
             return result
-        return pixel_data_issue(path, header, result.n_frames) or result
+        issue = pixel_data_issue(path, header, result.n_frames)
+        if issue is not None:
+            return issue
+        found = instance_warnings(path, header, result.n_frames)  # issue 16 (18)
+        return dataclasses.replace(result, warnings=found) if found else result
     except RecursionError:
         return make_issue(path, IssueKind.FAILED, IssueCode.UNREADABLE, "DICOM file nests sequences too deeply to read")
     except Exception as exc:  # noqa: BLE001 - a check tripping on an odd value fails this file only
@@ -129,7 +135,8 @@ def instance_from_dataset(ds: Dataset, limits: IngestLimits = IngestLimits()) ->
         return result
     if PIXEL_DATA_TAG not in ds:
         return make_issue(None, IssueKind.FAILED, IssueCode.NO_PIXEL_DATA, "instance has no PixelData", header)
-    return result
+    found = instance_warnings(ds, header, result.n_frames)
+    return dataclasses.replace(result, warnings=found) if found else result
 
 
 def discover_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -106,6 +106,8 @@ class InstanceMetrics:
     runtime_s: float | None = None
     seg_sop_uid: str | None = None
     seg_series_uid: str | None = None
+    # Problems noticed in a segmented instance, e.g. a JPEG 2000 codestream at odds with the header.
+    warnings: str | None = None
 
     def __post_init__(self) -> None:
         RowStatus(self.status)  # raises ValueError for an unknown status
@@ -189,6 +191,7 @@ def _instance_columns(instance: UsInstance, algorithm: SegAlgorithm | None, runt
         calibration_source=cal.source.value,
         row_spacing_mm=cal.row_spacing_mm,
         column_spacing_mm=cal.column_spacing_mm,
+        warnings="; ".join(instance.warnings) or None,
     )
 
 

@@ -131,6 +131,7 @@ class UsInstance:
     patient_id: str = field(default="", repr=False)
     header: Dataset = field(default_factory=Dataset, repr=False)
     in_memory: Dataset | None = field(default=None, repr=False)
+    warnings: tuple[str, ...] = ()  # e.g. a JPEG 2000 codestream at odds with the header (issue 16 (18))
 
     def __post_init__(self) -> None:
         for name in ("study_uid", "series_uid", "sop_uid", "sop_class_uid"):

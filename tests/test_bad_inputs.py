@@ -259,6 +259,20 @@ def memory_bomb(inbox: Path) -> Path:
     return f.save(ds, inbox / "bomb.dcm")
 
 
+def damaged_j2k(inbox: Path) -> Path:
+    """Issue 16 (18): JPEG 2000 with one bit flipped in its SIZ (8-bit samples now declared 16-bit) and its
+    EOC marker lost: pylibjpeg-openjpeg decodes it without a word."""
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = f.compressed(_good(), JPEG2000Lossless)
+    frame = bytearray(b"".join(next(generate_fragmented_frames(ds.PixelData, number_of_frames=1))))
+    frame[42] ^= 0x08  # Ssiz of component 0: precision 8 -> 16
+    frame[-2:] = b"\0\0"  # EOC
+    ds.PixelData = encapsulate([bytes(frame)])
+    return f.save(ds, inbox / "damaged_j2k.dcm")
+
+
 # name -> (builder(inbox), where the outcome is ("row" | "rejected" | "segmented"), code)
 CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     # files that are not usable DICOM at all: refused at discovery
@@ -324,6 +338,7 @@ CLASSES: dict[str, tuple[Callable[[Path], object], str, str]] = {
     "patient_sex_lowercase": (_saved(_set(PatientSex="m")), "segmented", "ok"),
     "patient_sex_word": (_saved(_set(PatientSex="MALE")), "segmented", "ok"),
     "overlong_patient_name": (_saved(_overlong_identity), "segmented", "ok"),
+    "damaged_j2k_codestream": (damaged_j2k, "segmented", "ok"),
 }
 
 
@@ -634,3 +649,28 @@ def test_a_memory_bomb_is_refused_from_its_header_quickly_and_in_little_memory(t
     monkeypatch.setenv("SAM2RAD_MAX_DECODED_BYTES", "lots")
     with pytest.raises(ValueError, match="SAM2RAD_MAX_DECODED_BYTES"):
         read_instance(bomb)
+
+
+def test_a_damaged_jpeg2000_codestream_is_segmented_with_a_warning_in_its_row(tmp_path):
+    """Issue 16 (18): the decoders say nothing about a JPEG 2000 codestream whose SIZ disagrees with the header
+    or whose EOC is gone; the row's warnings column does. (Bits flipped inside the entropy-coded data are
+    not seen: docs/bad_inputs.md.)"""
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import JPEG2000Lossless
+
+    from pipeline.j2k_check import j2k_warnings
+
+    night = run_night(tmp_path, damaged_j2k)
+    rows = {Path(r.path).name: r for r in night.rows}
+    assert rows["damaged_j2k.dcm"].status == "ok" and rows["good.dcm"].warnings is None
+    assert rows["damaged_j2k.dcm"].warnings == (
+        "JPEG 2000 frame 1: SIZ component 0 declares 16-bit unsigned samples, BitsStored is 8 and "
+        "PixelRepresentation 0; JPEG 2000 frame 1: tile-part lengths run past the end of the codestream (no EOC marker)")
+    ds = f.compressed(f.us_image(f.grey_cine(3, 64, 64)), JPEG2000Lossless)
+    assert j2k_warnings(ds.PixelData, ds, 3) == ()  # a sound codestream: no warning
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=3)))
+    frame[8:12] = (32).to_bytes(4, "big")  # SIZ Xsiz: 32 columns
+    ds.BitsStored = 7
+    assert j2k_warnings(encapsulate([bytes(frame)]), ds, 1) == (
+        "JPEG 2000 frame 1: SIZ declares 32x64 pixels, Columns x Rows is 64x64",
+        "JPEG 2000 frame 1: SIZ component 0 declares 8-bit unsigned samples, BitsStored is 7 and PixelRepresentation 0")

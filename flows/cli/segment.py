@@ -46,6 +46,8 @@ def segment(
         outcome = segment_instance(inst, model, writer, out)
         if outcome.seg:
             typer.echo(f"{inst.path} -> {outcome.seg.path} ({outcome.n_frames} frames)")
+            for warning in inst.warnings:  # e.g. a JPEG 2000 codestream at odds with the header
+                typer.echo(f"{inst.path}: warning: {warning}", err=True)
         else:
             failed += 1
             typer.echo(f"{inst.path}: failed: {outcome.row.error}", err=True)

@@ -126,12 +126,19 @@ class GreyMapping:
     intercept: float = 0.0
 
     def apply_monochrome(self, frame: np.ndarray) -> np.ndarray:
-        values = frame.astype(np.float64) * self.slope + self.intercept
+        # In place on one float64 copy (the same IEEE operations, so the same result): a frame's
+        # temporaries stay one float frame, not four.
+        values = frame.astype(np.float64)
+        values *= self.slope
+        values += self.intercept
         span = max(self.high - self.low, 1e-12)
-        grey = np.clip((values - self.low) / span, 0.0, 1.0) * 255.0
+        values -= self.low
+        values /= span
+        np.clip(values, 0.0, 1.0, out=values)
+        values *= 255.0
         if self.invert:
-            grey = 255.0 - grey
-        return np.rint(grey).astype(np.uint8)
+            np.subtract(255.0, values, out=values)
+        return np.rint(values, out=values).astype(np.uint8)
 
 
 def _rescale(header: Dataset) -> tuple[float, float]:

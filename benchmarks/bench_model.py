@@ -1,7 +1,10 @@
-"""Images per second of the bare encoder vs Sam2Rad `auto` and `manual` predict, side by side.
+"""Images per second of the bare encoder vs Sam2Rad `auto` and `manual` predict, side by side, and
+the cost of one reader click in `semi` mode on a cached encoding.
 
-Target: auto / bare encoder >= 0.85 (the PPN and decoder must cost little beside the encoder).
-The three are timed in interleaved rounds and compared by their median times.
+Targets: auto / bare encoder >= 0.85 (the PPN, decoder and refiner must cost little beside the
+encoder); a click < 150 ms with LiteMedSAM on 2 CPU threads (decoder path only, never the encoder).
+All are timed in interleaved rounds and compared by their median times. The models carry the mask
+refiner, as the training recipe's do.
 Usage: .venv/bin/python benchmarks/bench_model.py [--threads 2] [--repeats 12] [--device cpu]
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from sam2rad.model import Prompts, build_sam2rad
+from sam2rad.refine import RefinerConfig
 
 CASES = [("litemedsam", 256, True), ("sam2.1_hiera_t", 512, False)]
 
@@ -48,7 +52,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     for name, size, pretrained in CASES:
-        model = build_sam2rad(name, pretrained=pretrained, input_size=size).to(args.device).eval()
+        model = build_sam2rad(name, pretrained=pretrained, input_size=size,
+                              refiner_config=RefinerConfig()).to(args.device).eval()
         image = rng.integers(0, 255, (size, size), dtype=np.uint8)
         pixels, _ = model.backbone.preprocess([image])
         box = Prompts(box=[size * 0.2, size * 0.3, size * 0.8, size * 0.6])
@@ -65,12 +70,19 @@ def main() -> None:
             model.clear_cache()
             model.predict(image, "manual", box)
 
-        r_bare, r_auto, r_manual = interleaved_rates([bare, auto, manual], args.repeats)
-        rows.append((f"{name}@{size}", r_bare, r_auto, r_manual, r_auto / r_bare))
+        clicks = Prompts(points=[[size * 0.5, size * 0.45], [size * 0.3, size * 0.7]], labels=[1, 0])
+
+        def click():  # a reader's second click: the encoding is cached, only the decoder path runs
+            before = model.encoder_calls
+            model.predict(image, "semi", clicks)
+            assert model.encoder_calls == before, "a click re-ran the encoder"
+
+        r_bare, r_auto, r_manual, r_click = interleaved_rates([bare, auto, manual, click], args.repeats)
+        rows.append((f"{name}@{size}", r_bare, r_auto, r_manual, r_auto / r_bare, 1000 / r_click))
     print(f"\nthreads={args.threads} device={args.device} repeats={args.repeats}")
-    print(f"{'backbone':<22}{'encoder img/s':>15}{'auto img/s':>12}{'manual img/s':>14}{'auto/encoder':>14}")
-    for name, b, a, m, ratio in rows:
-        print(f"{name:<22}{b:>15.2f}{a:>12.2f}{m:>14.2f}{ratio:>14.2f}")
+    print(f"{'backbone':<22}{'encoder img/s':>15}{'auto img/s':>12}{'manual img/s':>14}{'auto/encoder':>14}{'click ms':>10}")
+    for name, b, a, m, ratio, ms in rows:
+        print(f"{name:<22}{b:>15.2f}{a:>12.2f}{m:>14.2f}{ratio:>14.2f}{ms:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -47,20 +47,21 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test", default="synthetic:50:7")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     ap.add_argument("--augment-copies", type=int, default=4)
-    ap.add_argument("--val", default="synthetic:8:1", help="validation images (best-epoch selection)")
+    ap.add_argument("--val", default="none", help="validation images for best-epoch selection, e.g. synthetic:8:1; "
+                    "'none' (default) is the recipe for 10 images: all train, fixed schedule, final weights")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train, _ = load_spec("synthetic:10:0")
-    val, _ = load_spec(args.val)
+    val = [] if args.val == "none" else load_spec(args.val)[0]
     test, test_name = load_spec(args.test)
     base = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, augment_copies=args.augment_copies,
                 val_every=args.val_every, seed=0)
 
     cached = Trainer(TrainConfig(**base), device=args.device).fit(train, val, progress=False)
     un_epochs = args.uncached_epochs or args.epochs
-    if un_epochs < args.val_every and un_epochs != args.epochs:
+    if val and un_epochs < args.val_every and un_epochs != args.epochs:
         ap.error("--uncached-epochs must reach a validation (at least --val-every), so its cost is measured")
     uncached = Trainer(TrainConfig(**{**base, "epochs": un_epochs, "cache": "none"}),
                        device=args.device).fit(train, val, progress=False)

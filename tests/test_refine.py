@@ -85,6 +85,41 @@ def test_refiner_trains_with_click_rows_and_checkpoint_round_trips(tmp_path):
     np.testing.assert_array_equal(a.masks, b.masks)
 
 
+@pytest.fixture(scope="module")
+def shipped() -> Sam2Rad:
+    return load_checkpoint()  # the demo checkpoint, trained with the current recipe
+
+
+def _window(mask: np.ndarray, x: int, y: int, r: int = 5) -> int:
+    return int(mask[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].sum())
+
+
+def test_clicks_add_and_remove_area_where_made_without_reencoding(shipped):
+    """On the shipped model: a foreground click on a missed part adds area there, a background
+    click on a false part removes area there, and neither re-runs the encoder."""
+    model = shipped
+    grown = shrunk = 0
+    for sample in load_spec("synthetic:6:11")[0]:
+        gt = sample.mask != 0
+        model.clear_cache()
+        calls = model.encoder_calls
+        auto = model.predict(sample.image, "auto")[0].masks[0]
+        for label, error in ((1, gt & ~auto), (0, auto & ~gt)):
+            if error.sum() < 20:
+                continue
+            # The innermost pixel of the largest missed (or false) region, as a reader clicks.
+            (x, y), _ = error_click(np.zeros_like(error), error)
+            x, y = int(x), int(y)
+            after = model.predict(sample.image, "semi", Prompts(points=[[x, y]], labels=[label]))[0].masks[0]
+            if label == 1:
+                grown += _window(after, x, y) > _window(auto, x, y)
+            else:
+                shrunk += _window(after, x, y) < _window(auto, x, y)
+        assert model.encoder_calls == calls + 1, "clicks must not re-run the encoder"
+    assert grown >= 3, f"a foreground click grew the mask where it was made on only {grown} images"
+    assert shrunk >= 1, "no background click removed area where it was made"
+
+
 def test_noc_counts_clicks_until_the_threshold():
     def row(name, clicks, dice, mode="semi_click"):
         return EvalRow(name, "bone", mode if clicks else "auto", dice, dice, 1.0, 1.0, "mm", clicks)

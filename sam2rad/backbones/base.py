@@ -180,7 +180,3 @@ class Backbone(nn.Module, ABC):
     def decode(self, features: FeaturePyramid, sparse: torch.Tensor, dense: torch.Tensor,
                multimask: bool = False) -> DecoderOutput:
         """Frozen mask decoder; `features` already has one row per prompt set."""
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -27,18 +27,12 @@ from pipeline.seg import SegAlgorithm, SegWriter
 from pipeline.studies import DateWindow
 from pipeline.study_processing import process_study
 from tests import dicom_factory as f
+from tests.fake_models import prediction
 
 CARD = SegAlgorithm(name="Sam2Rad", version="0.1.0", backbone_fingerprint="test:0", checkpoint_sha256="ab" * 32,
                     mode="auto", class_names=("bone",))
 WINDOW = DateWindow(dt.date(2026, 1, 1), dt.date(2026, 1, 1))
 DCIODVFY = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
-
-
-@dataclass
-class _Prediction:
-    masks: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
 
 
 class ThresholdModel:
@@ -47,7 +41,7 @@ class ThresholdModel:
     class_names = ("bone",)
 
     def predict(self, images, mode="auto"):
-        return [_Prediction((np.asarray(im) > 128)[np.newaxis], np.array([[0.0, 0.0, 4.0, 4.0]]), np.array([0.9]))
+        return [prediction(np.asarray(im) > 128, (0.0, 0.0, 4.0, 4.0), 0.9)
                 for im in images]
 
 

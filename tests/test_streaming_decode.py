@@ -7,7 +7,6 @@ a few frames whatever the cine's length; and the SEG is the one the whole-array 
 from __future__ import annotations
 
 import tracemalloc
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,10 @@ from pipeline.seg import SegAlgorithm, SegWriter
 from pipeline.us_records import UsFrame
 from tests import dicom_factory as f
 from tests.test_bad_inputs import ThresholdModel
+from tests.fake_models import prediction
 
 CARD = SegAlgorithm(name="Sam2Rad", version="0.1.0", backbone_fingerprint="test:0", checkpoint_sha256="ab" * 32,
                     mode="auto", class_names=("bone",))
-
-
-@dataclass
-class _Prediction:
-    masks: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
 
 
 class InstantModel:
@@ -41,8 +34,7 @@ class InstantModel:
     class_names = ("bone",)
 
     def predict(self, images, mode="auto"):
-        return [_Prediction(np.zeros((1, *np.shape(im)), dtype=bool), np.array([[0.0, 0.0, 1.0, 1.0]]),
-                            np.array([0.5])) for im in images]
+        return [prediction(np.zeros(np.shape(im)[:2], dtype=bool), (0.0, 0.0, 1.0, 1.0), 0.5) for im in images]
 
 
 ROWS, COLS = 128, 160

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Iterable, Protocol, runtime_checkable
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -186,6 +186,16 @@ def study_ref_from_answer(answer: Dataset, window: DateWindow, filters: StudyFil
     n = answer.get("NumberOfStudyRelatedInstances")
     return StudyRef(study_uid=uid, study_date=study_date, modalities=modalities,
                     n_instances=int(n) if n not in (None, "") else None)
+
+
+def studies_from_answers(answers: Iterable[Dataset], window: DateWindow, filters: StudyFilters) -> list[StudyRef]:
+    """Study answers (C-FIND or QIDO-RS) inside the query, one per Study Instance UID, in date order."""
+    studies: dict[str, StudyRef] = {}
+    for answer in answers:
+        ref = study_ref_from_answer(answer, window, filters)
+        if ref is not None:
+            studies[ref.study_uid] = ref
+    return sorted(studies.values(), key=lambda r: (r.study_date, r.study_uid))
 
 
 def instance_ref_from_answer(answer: Dataset, study_uid: str, modality: str | None) -> InstanceRef | None:

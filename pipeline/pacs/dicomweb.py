@@ -24,7 +24,7 @@ from pipeline.pacs.base import (
     instance_path,
     load_dataset,
     instance_ref_from_answer,
-    study_ref_from_answer,
+    studies_from_answers,
 )
 from pipeline.pacs.config import PacsSettings, env_name
 from pipeline.studies import DateWindow, FetchedStudy, StudyRef
@@ -157,17 +157,14 @@ class DicomWebArchive:
     # -- query -------------------------------------------------------------------------------
     def discover(self, window: DateWindow, filters: StudyFilters | None = None) -> list[StudyRef]:
         filters = filters or StudyFilters()
-        studies: dict[str, StudyRef] = {}
+        answers: list[Dataset] = []
         for modality in filters.modalities:  # one query per modality: QIDO has no portable OR
             results = self._search_all("QIDO-RS studies", lambda offset, m=modality: self.client.search_for_studies(
                 search_filters={"StudyDate": window.dicom_range(), "ModalitiesInStudy": m},
                 fields=["StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedInstances"],
                 offset=offset or None))
-            for item in results:
-                ref = study_ref_from_answer(Dataset.from_json(item), window, filters)
-                if ref is not None:
-                    studies[ref.study_uid] = ref
-        result = sorted(studies.values(), key=lambda r: (r.study_date, r.study_uid))
+            answers += [Dataset.from_json(item) for item in results]
+        result = studies_from_answers(answers, window, filters)
         log.info("QIDO-RS %s on %s: %d studies", window.dicom_range(), self.url, len(result))
         return result
 

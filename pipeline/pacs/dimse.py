@@ -33,7 +33,7 @@ from pipeline.pacs.base import (
     StudyFilters,
     load_dataset,
     instance_ref_from_answer,
-    study_ref_from_answer,
+    studies_from_answers,
 )
 from pipeline.pacs.config import PacsSettings, env_name
 from pipeline.pacs.dimse_receiver import (
@@ -234,12 +234,7 @@ class DimseArchive:
         query.StudyDate = window.dicom_range()
         query.ModalitiesInStudy = "\\".join(filters.modalities)
         query.NumberOfStudyRelatedInstances = ""
-        studies: dict[str, StudyRef] = {}
-        for identifier in self._find(query, "C-FIND studies"):
-            ref = study_ref_from_answer(identifier, window, filters)
-            if ref is not None:
-                studies[ref.study_uid] = ref
-        result = sorted(studies.values(), key=lambda r: (r.study_date, r.study_uid))
+        result = studies_from_answers(self._find(query, "C-FIND studies"), window, filters)
         log.info("C-FIND %s on %s: %d studies", window.dicom_range(), self.address, len(result))
         return result
 

@@ -134,17 +134,17 @@ class InstanceEdit:
         self._push(EditState(mode="manual"))
 
     def undo(self) -> bool:
-        if not self._undo:
-            return False
-        self._redo.append(self.state)
-        self.state = self._undo.pop()
-        return True
+        return self._step(self._undo, self._redo)
 
     def redo(self) -> bool:
-        if not self._redo:
+        return self._step(self._redo, self._undo)
+
+    def _step(self, source: list, target: list) -> bool:
+        """Move back (undo) or forward (redo) one state; False when there is none."""
+        if not source:
             return False
-        self._undo.append(self.state)
-        self.state = self._redo.pop()
+        target.append(self.state)
+        self.state = source.pop()
         return True
 
     @property

@@ -109,7 +109,9 @@ def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
         page.wait_for_function("document.getElementById('message').textContent.startsWith('accepted')",
                                timeout=60_000)
         message = page.inner_text("#message")
-        assert "reviewed 1 / to do 6" in page.inner_text("#progress")
+        # The worklist refreshes after the accept's answer: wait for it rather than race it.
+        page.wait_for_function("document.getElementById('progress').textContent.includes('reviewed 1 / to do 6')",
+                               timeout=60_000)
         browser.close()
     assert not errors, errors
 

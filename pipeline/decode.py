@@ -233,17 +233,42 @@ def _frame_stream(source: Path | Dataset, header: Dataset, indices: list[int] | 
     yield from iter_pixels(src, indices=indices, as_rgb=True)
 
 
-def _raw_frames(source: Path | Dataset, header: Dataset, indices: list[int] | None) -> Iterator[np.ndarray]:
-    """pydicom's decoded frames (colour already converted to RGB), with failures made DecodeError."""
+# Warnings raised from these packages come from a pixel decoder; anything else (pydicom re-reading
+# the header on the way) may quote a patient attribute and is never recorded.
+_DECODER_PACKAGES = ("pydicom/pixels/", "openjpeg/", "libjpeg/", "rle/", "jpeg_ls/", "PIL/")
+_MAX_DECODER_MESSAGES = 5
+
+
+def _decoder_messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    """What the pixel decoders said, one line each, bounded in length."""
+    found = []
+    for w in caught:
+        if any(package in str(w.filename).replace("\\", "/") for package in _DECODER_PACKAGES):
+            text = " ".join(str(w.message).split())
+            found.append(f"decoder: {text[:200]}")
+    return found
+
+
+def _raw_frames(source: Path | Dataset, header: Dataset, indices: list[int] | None,
+                messages: list[str] | None = None) -> Iterator[np.ndarray]:
+    """pydicom's decoded frames (colour already converted to RGB), with failures made DecodeError.
+
+    The decoders' warnings are appended to `messages` (once each, at most five): a frame that decodes
+    with a warning is still used, but its row says so (issue 16 (18))."""
     frames = _frame_stream(source, header, indices)
     while True:
         try:
-            with suppress_dicom_warnings():
+            with suppress_dicom_warnings() as caught:
                 frame = next(frames)
         except StopIteration:
             return
         except Exception as exc:  # any decoder failure: corrupt, truncated, unsupported
             raise DecodeError(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if messages is not None:
+                for text in _decoder_messages(caught):
+                    if text not in messages and len(messages) < _MAX_DECODER_MESSAGES:
+                        messages.append(text)
         yield frame
 
 
@@ -257,12 +282,14 @@ def _data_range(source: Path | Dataset, header: Dataset) -> tuple[float, float]:
 
 
 def iter_grey_frames(
-    source: Path | Dataset, header: Dataset, frame_indices: list[int] | None = None
+    source: Path | Dataset, header: Dataset, frame_indices: list[int] | None = None,
+    messages: list[str] | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield each frame (or the 0-based `frame_indices`) as a (rows, cols) uint8 grey image.
 
     `source` is the file (read lazily, frame by frame) or a dataset holding the pixel data;
-    `header` is its metadata (the pixel description and any palette).
+    `header` is its metadata (the pixel description and any palette); the decoders' warnings, if
+    any, are appended to `messages`.
     """
     problem = photometric_problem(header)
     if problem is not None:
@@ -275,7 +302,7 @@ def iter_grey_frames(
         mapping = _monochrome_mapping(header, data_range)
 
     rows, cols = int(header.Rows), int(header.Columns)
-    for frame in _raw_frames(source, header, frame_indices):
+    for frame in _raw_frames(source, header, frame_indices, messages):
         if photometric == "PALETTE COLOR":
             grey = rgb_to_grey(_palette_to_rgb8(frame, header))
         elif photometric in _RGB_LIKE:

@@ -207,7 +207,8 @@ def decode_issue(instance: UsInstance, error: Exception) -> IngestIssue:
 def iter_frames(instance: UsInstance) -> Iterator[UsFrame]:
     """Decode frame by frame; raises DecodeError (a ValueError) when the pixel data is unusable."""
     n = 0
-    for n, image in enumerate(iter_grey_frames(instance.pixel_source(), instance.header), start=1):
+    frames = iter_grey_frames(instance.pixel_source(), instance.header, messages=instance.decoder_messages)
+    for n, image in enumerate(frames, start=1):
         if n > instance.n_frames:
             raise DecodeError(f"pixel data holds more frames than NumberOfFrames={instance.n_frames}")
         yield UsFrame(instance.sop_uid, n, image, instance.calibration)

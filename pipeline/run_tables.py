@@ -191,7 +191,7 @@ def _instance_columns(instance: UsInstance, algorithm: SegAlgorithm | None, runt
         calibration_source=cal.source.value,
         row_spacing_mm=cal.row_spacing_mm,
         column_spacing_mm=cal.column_spacing_mm,
-        warnings="; ".join(instance.warnings) or None,
+        warnings="; ".join((*instance.warnings, *instance.decoder_messages)) or None,
     )
 
 

@@ -132,6 +132,8 @@ class UsInstance:
     header: Dataset = field(default_factory=Dataset, repr=False)
     in_memory: Dataset | None = field(default=None, repr=False)
     warnings: tuple[str, ...] = ()  # e.g. a JPEG 2000 codestream at odds with the header (issue 16 (18))
+    # What the pixel decoders warned while the frames were decoded (filled by iter_frames).
+    decoder_messages: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("study_uid", "series_uid", "sop_uid", "sop_class_uid"):

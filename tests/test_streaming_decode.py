@@ -135,3 +135,39 @@ def test_the_demo_cine_gives_the_same_seg_as_whole_array_decoding(tmp_path, tran
     assert int(seg_streamed.NumberOfFrames) == int(seg_whole.NumberOfFrames)
     assert seg_streamed.PixelData == seg_whole.PixelData
     assert seg_streamed.SOPInstanceUID == seg_whole.SOPInstanceUID
+
+
+def test_what_a_pixel_decoder_warns_reaches_the_row_and_header_warnings_do_not(tmp_path, monkeypatch):
+    """Issue 16 (18): a frame that decodes with a decoder warning is still segmented, and its row says
+    what the decoder said, once per instance; a warning from anywhere else (pydicom re-reading the
+    header may quote a patient's name) is never recorded. The real decoders (OpenJPEG, CharLS,
+    pylibjpeg-rle) stay silent about bits flipped inside entropy-coded data (docs/bad_inputs.md), so a
+    decoder that warns is simulated here."""
+    import warnings
+
+    from pipeline import decode
+    from pipeline.run_tables import InstanceMetrics
+
+    real_stream = decode._frame_stream
+
+    def warning_decoder(source, header, indices):
+        for frame in real_stream(source, header, indices):
+            warnings.warn("segment decoded to 4090 bytes, 4096 expected", UserWarning)
+            warnings.warn_explicit("Invalid value 'Doe^Jane' for PN", UserWarning, "/site/pydicom/valuerep.py", 1)
+            yield frame
+
+    monkeypatch.setattr(decode, "_frame_stream", warning_decoder)
+    monkeypatch.setattr(decode, "_DECODER_PACKAGES", ("tests/test_streaming_decode",))
+    instance = read_instance(f.save(f.us_image(f.grey_cine(3, 48, 64), multiframe=True), tmp_path / "cine.dcm"))
+    frames = list(iter_frames(instance))
+    assert len(frames) == 3
+    assert instance.decoder_messages == ["decoder: segment decoded to 4090 bytes, 4096 expected"]
+    row = InstanceMetrics.for_result(instance, np.zeros((3, 48, 64, 1), dtype=bool), CARD, 0.1)
+    assert row.warnings == "decoder: segment decoded to 4090 bytes, 4096 expected"
+    assert "Doe" not in row.warnings
+
+
+def test_a_sound_file_decodes_without_decoder_messages(tmp_path):
+    instance = read_instance(f.save(f.us_image(f.grey_cine(3, 48, 64), multiframe=True), tmp_path / "cine.dcm"))
+    list(iter_frames(instance))
+    assert instance.decoder_messages == []

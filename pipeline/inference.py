@@ -14,7 +14,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from pipeline.ingest import UsInstance, iter_frames
+from pipeline.ingest import UsFrame, UsInstance, iter_frames
 from pipeline.run_tables import InstanceMetrics, PredictedBox
 from pipeline.seg import SegAlgorithm, SegWriter, WrittenSeg
 
@@ -58,30 +58,43 @@ def seg_algorithm_for(model, mode: str = "auto", name: str = "Sam2Rad") -> SegAl
 BatchGuard = Callable[[], AbstractContextManager]
 
 
+class InstancePrediction:
+    """One instance's masks on the full frame, filled batch by batch (frames may arrive in batches shared
+    with other instances), with the first finite box and every score."""
+
+    def __init__(self, instance: UsInstance, n_classes: int) -> None:
+        self.masks = np.zeros((instance.n_frames, instance.rows, instance.cols, n_classes), dtype=bool)
+        self.scores: list[float] = []
+        self.first_box: PredictedBox | None = None
+
+    def add(self, frame: UsFrame, pred: PredictionLike) -> None:
+        for k in range(self.masks.shape[-1]):
+            self.masks[frame.frame_number - 1, :, :, k] = frame.mask_to_full_frame(pred.masks[k])
+        self.scores.extend(float(s) for s in pred.scores)
+        if self.first_box is None and np.isfinite(pred.boxes[0]).all():
+            b = frame.crop_bounds  # boxes come back in crop pixels; shift to the full frame
+            x0, y0, x1, y1 = (float(v) for v in pred.boxes[0])
+            self.first_box = PredictedBox(x0 + b.min_x0, y0 + b.min_y0, x1 + b.min_x0, y1 + b.min_y0)
+
+    @property
+    def confidence(self) -> float | None:
+        return float(np.mean(self.scores)) if self.scores else None
+
+
 def predict_instance(instance: UsInstance, model: SegmentationModel, mode: str = "auto", batch_size: int = 4,
                      batch_guard: BatchGuard = nullcontext) -> tuple[np.ndarray, PredictedBox | None, float | None]:
     """Masks (frames, rows, cols, classes) on the full frame, the first frame's box and the mean confidence.
 
     `batch_guard` wraps each model call (the orchestrator passes its GPU concurrency slot here).
     """
-    n_classes = len(model.class_names)
-    masks = np.zeros((instance.n_frames, instance.rows, instance.cols, n_classes), dtype=bool)
-    scores: list[float] = []
-    first_box: PredictedBox | None = None
-    batch: list = []
+    prediction = InstancePrediction(instance, len(model.class_names))
+    batch: list[UsFrame] = []
 
     def flush() -> None:
-        nonlocal first_box
         with batch_guard():
             preds = model.predict([f.model_input for f in batch], mode)
         for frame, pred in zip(batch, preds):
-            for k in range(n_classes):
-                masks[frame.frame_number - 1, :, :, k] = frame.mask_to_full_frame(pred.masks[k])
-            scores.extend(float(s) for s in pred.scores)
-            if first_box is None and np.isfinite(pred.boxes[0]).all():
-                b = frame.crop_bounds  # boxes come back in crop pixels; shift to the full frame
-                x0, y0, x1, y1 = (float(v) for v in pred.boxes[0])
-                first_box = PredictedBox(x0 + b.min_x0, y0 + b.min_y0, x1 + b.min_x0, y1 + b.min_y0)
+            prediction.add(frame, pred)
         batch.clear()
 
     for frame in iter_frames(instance):
@@ -90,7 +103,7 @@ def predict_instance(instance: UsInstance, model: SegmentationModel, mode: str =
             flush()
     if batch:
         flush()
-    return masks, first_box, (float(np.mean(scores)) if scores else None)
+    return prediction.masks, prediction.first_box, prediction.confidence
 
 
 def segment_instance(instance: UsInstance, model: SegmentationModel, writer: SegWriter, out_dir: str | Path,
@@ -100,14 +113,31 @@ def segment_instance(instance: UsInstance, model: SegmentationModel, writer: Seg
     start = time.perf_counter()
     try:
         masks, box, confidence = predict_instance(instance, model, mode, batch_size, batch_guard)
+    except (MemoryError, TimeoutError):
+        # Not a property of this instance (out of memory, no GPU slot in time): the orchestrator decides.
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the batch
+        return failed_instance(instance, exc, writer, start)
+    return write_instance(instance, masks, box, confidence, writer, out_dir, dry_run, start)
+
+
+def write_instance(instance: UsInstance, masks: np.ndarray, box: PredictedBox | None, confidence: float | None,
+                   writer: SegWriter, out_dir: str | Path, dry_run: bool, start: float) -> InstanceOutcome:
+    """An instance's SEG (none in a dry run) and its row; `start` is when its work began (perf_counter).
+    A failure to write becomes a row, never an exception."""
+    try:
         seg = None if dry_run else writer.write(instance, masks, out_dir)
         row = InstanceMetrics.for_result(instance, masks, writer.algorithm, time.perf_counter() - start,
                                          box=box, confidence=confidence, seg=seg)
         return InstanceOutcome(row, seg, instance.n_frames)
     except (MemoryError, TimeoutError):
-        # Not a property of this instance (out of memory, no GPU slot in time): the orchestrator decides.
         raise
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the batch
-        row = InstanceMetrics.for_failure(instance, exc, writer.algorithm, time.perf_counter() - start)
-        log.warning("instance %s failed: %s", instance.sop_uid, row.error)  # redacted: no patient values
-        return InstanceOutcome(row, None, instance.n_frames)
+        return failed_instance(instance, exc, writer, start)
+
+
+def failed_instance(instance: UsInstance, exc: BaseException, writer: SegWriter, start: float) -> InstanceOutcome:
+    """The row of an instance that failed (decode, prediction, SEG writing); UIDs only in the log."""
+    row = InstanceMetrics.for_failure(instance, exc, writer.algorithm, time.perf_counter() - start)
+    log.warning("instance %s failed: %s", instance.sop_uid, row.error)  # redacted: no patient values
+    return InstanceOutcome(row, None, instance.n_frames)

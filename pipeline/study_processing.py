@@ -34,6 +34,15 @@ class StudyOutcome:
     frames: int = 0
     seconds: float = 0.0
 
+    def keep(self, row: InstanceMetrics, seg: WrittenSeg | None, fetched: FetchedStudy | None) -> InstanceMetrics:
+        """Add an instance's row (recording where it came from, not the temporary fetch folder) and SEG."""
+        if fetched is not None:
+            row = dataclasses.replace(row, path=fetched.origin_of(row.path))
+        self.rows.append(row)
+        if seg is not None:
+            self.segs.append(seg)
+        return row
+
 
 def process_study(fetched: FetchedStudy, model: SegmentationModel, writer: SegWriter, seg_dir: Path,
                   mode: str = "auto", batch_size: int = 4, dry_run: bool = False,
@@ -50,11 +59,7 @@ def process_study(fetched: FetchedStudy, model: SegmentationModel, writer: SegWr
     outcome = StudyOutcome(fetched.ref.study_uid)
 
     def keep(row: InstanceMetrics, seg: WrittenSeg | None) -> None:
-        row = dataclasses.replace(row, path=fetched.origin_of(row.path))
-        outcome.rows.append(row)
-        if seg is not None:
-            outcome.segs.append(seg)
-        on_result(row, seg)
+        on_result(outcome.keep(row, seg, fetched), seg)
 
     ingested = ingest_fetched(fetched)
     for issue in ingested.issues:

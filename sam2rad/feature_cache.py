@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from .backbones.base import FeaturePyramid, ImageGeometry
+from .batched_decode import cat_pyramids  # noqa: F401 - training batches cached examples with it
 from .model import Sam2Rad, grey_input
 
 
@@ -85,13 +85,3 @@ def _pyramid_from_dict(d: dict[str, torch.Tensor]) -> FeaturePyramid:
     levels = [d[f"level{i}"] for i in range(sum(k.startswith("level") for k in d))]
     highs = [d[f"high{i}"] for i in range(sum(k.startswith("high") for k in d))] or None
     return FeaturePyramid(d["embedding"], levels, highs, d.get("image"))
-
-
-def cat_pyramids(items: Sequence[FeaturePyramid], device: torch.device | str = "cpu") -> FeaturePyramid:
-    return FeaturePyramid(
-        torch.cat([p.image_embedding for p in items]).to(device),
-        [torch.cat([p.levels[i] for p in items]).to(device) for i in range(len(items[0].levels))],
-        None if items[0].high_res is None else
-        [torch.cat([p.high_res[i] for p in items]).to(device) for i in range(len(items[0].high_res))],
-        None if items[0].image is None else torch.cat([p.image for p in items]).to(device),
-    )

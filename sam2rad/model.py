@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.base import Backbone, FeaturePyramid, ImageGeometry
+from .backbones.base import Backbone, DecoderOutput, FeaturePyramid, ImageGeometry
+from .batched_decode import DecodedRows, Prediction, cat_pyramids, predictions_from_rows
 from .ppn import PPNConfig, PPNOutput, build_ppn
 from .refine import MaskRefiner, RefinerConfig, click_maps
 
@@ -56,17 +57,6 @@ class Prompts:
     @property
     def empty(self) -> bool:
         return self.points is None and self.box is None and self.mask is None
-
-
-@dataclass
-class Prediction:
-    """One image's result; arrays are per class, at the source resolution."""
-
-    masks: np.ndarray  # (C, H, W) bool
-    boxes: np.ndarray  # (C, 4) the box prompt used (predicted or the reader's), source pixels
-    scores: np.ndarray  # (C,) confidence in [0, 1]
-    mode: str
-    class_names: tuple[str, ...] = field(default=("bone",))
 
 
 def validate_image(image: object, name: str = "image") -> np.ndarray:
@@ -107,6 +97,7 @@ class ForwardOutput:
     decoder_logits: torch.Tensor  # (N, 1, 4h, 4w) the frozen decoder's own logits
     iou: torch.Tensor  # (N,)
     object_logit: torch.Tensor | None  # (N,) where the backbone predicts one
+    boxes_px: torch.Tensor  # (N, 4) the box prompt the decoder was given, model pixels
 
 
 def grey_input(pixels: torch.Tensor) -> torch.Tensor:
@@ -130,6 +121,7 @@ class Sam2Rad(nn.Module):
         self._cache: OrderedDict[str, EncodedImage] = OrderedDict()
         self.encoder_calls = 0  # images encoded so far (the semi-mode contract is checked on it)
         self.mask_threshold = 0.0
+        self.logit_dropout = 0.0  # set by the Trainer (TrainConfig.refiner_logit_dropout); never saved
 
     @property
     def num_classes(self) -> int:
@@ -215,7 +207,7 @@ class Sam2Rad(nn.Module):
         rows are decoded as semi mode decodes them: [points, box, extra tokens].
         """
         ppn_out = self.ppn(features)
-        sparse, dense, _ = self.prompts_from_ppn(ppn_out, boxes_px)
+        sparse, dense, box_px = self.prompts_from_ppn(ppn_out, boxes_px)
         rows = self._class_rows(features.batch_size)
         feats = features.select(rows) if self.num_classes > 1 else features
         clicked = None if clicks is None else (clicks[1] >= 0).any(dim=1)
@@ -236,7 +228,7 @@ class Sam2Rad(nn.Module):
             iou = torch.cat([o.iou for o in outs])[back]
             obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])[back]
         refined = self.refine(feats, logits, clicks)
-        return ForwardOutput(ppn_out, refined, logits, iou, obj)
+        return ForwardOutput(ppn_out, refined, logits, iou, obj, box_px)
 
     def refine(self, feats: FeaturePyramid, logits: torch.Tensor,
                clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -246,6 +238,11 @@ class Sam2Rad(nn.Module):
         if feats.image is None:
             raise ValueError("the mask refiner needs the model input: encode through Sam2Rad.encode or the training cache")
         n, size = logits.shape[0], feats.image.shape[-1]
+        if self.training and self.logit_dropout > 0:
+            # Training only: some rows hide the decoder's opinion (logits 0), so the refiner also
+            # learns to segment from the image and embedding where the decoder is wrong.
+            hide = torch.rand(n, 1, 1, 1, device=logits.device) < self.logit_dropout
+            logits = torch.where(hide, torch.zeros_like(logits), logits)
         coords, labels = clicks if clicks is not None else (None, None)
         maps = click_maps(coords, labels, n, size, self.refiner_config.click_sigma_px, logits.device)
         return self.refiner(feats.image, logits, maps, feats.image_embedding)
@@ -274,7 +271,14 @@ class Sam2Rad(nn.Module):
         per_image = self._normalise_prompts(prompts, len(image_list), mode)
         encoded = self.encode(image_list)
         self.eval()
-        return [self._predict_one(enc, mode, p) for enc, p in zip(encoded, per_image)]
+        if mode == "auto":  # every (image, class) row in one call: the training path, batched
+            rows = self._decode_auto(cat_pyramids([e.features for e in encoded], self.device))
+            return predictions_from_rows(rows, [e.geometry for e in encoded], self.backbone, mode,
+                                         self.class_names, self.mask_threshold)
+        # A reader's prompts differ from image to image (and from class to class): one image at a time.
+        return [predictions_from_rows(self._decode_prompted(enc, mode, p), [enc.geometry], self.backbone, mode,
+                                      self.class_names, self.mask_threshold)[0]
+                for enc, p in zip(encoded, per_image)]
 
     def _normalise_prompts(self, prompts, n_images: int, mode: str) -> list[dict[int, Prompts]]:
         if prompts is None:
@@ -331,61 +335,46 @@ class Sam2Rad(nn.Module):
                                  align_corners=False)
         return points, box, mask
 
-    def _predict_one(self, enc: EncodedImage, mode: str, by_class: dict[int, Prompts]) -> Prediction:
+    def _decode_auto(self, feats: FeaturePyramid) -> DecodedRows:
+        out = self(feats)
         c = self.num_classes
+        return DecodedRows(image_index=[i for i in range(feats.batch_size) for _ in range(c)],
+                           class_index=list(range(c)) * feats.batch_size, logits=out.logits, iou=out.iou,
+                           object_logit=out.object_logit, boxes_px=out.boxes_px)
+
+    def _decode_prompted(self, enc: EncodedImage, mode: str, by_class: dict[int, Prompts]) -> DecodedRows:
+        """semi and manual: one image, rows decoded one by one (their numbers of point tokens differ)."""
         be = self.backbone
+        rows: list[tuple[int, DecoderOutput, torch.Tensor, torch.Tensor]] = []  # class, decoded, logits, box
         if mode == "manual":
-            sparse_rows, boxes = [], []
-            for k in range(c):
-                p = by_class.get(k)
-                if p is None:  # manual mode segments only the classes the reader prompted
-                    continue
+            for k, p in sorted(by_class.items()):  # only the classes the reader prompted
                 pts, box, mask = self._to_model_space(p, enc.geometry)
                 s, d = be.encode_prompts(points=pts, boxes=box, mask_logits=mask)
-                sparse_rows.append((k, s, d, None))
-                boxes.append(box)
-            # Manual mode is the plain backbone: no refiner, whatever the checkpoint holds.
-            return self._decode_rows(enc, sparse_rows, mode, manual_boxes=boxes, refine=False)
-        ppn_out = self.ppn(enc.features)
-        sparse, dense, box_px = self.prompts_from_ppn(ppn_out)
-        rows = []
-        for k in range(c):
-            s_k, d_k, pts = sparse[k:k + 1], dense[k:k + 1], None
-            p = by_class.get(k)
-            if p is not None:  # semi: the reader's corrections on top of the predicted prompts
-                pts, box, mask = self._to_model_space(p, enc.geometry)
-                if box is not None:
-                    box_px[k:k + 1] = box
-                user_sparse, _ = be.encode_prompts(points=pts, boxes=box_px[k:k + 1])
-                s_k = torch.cat([user_sparse, ppn_out.extra_tokens[k:k + 1]], dim=1)
-                if mask is not None:
-                    d_k = be.prompt_encoder._embed_masks(mask)
-            rows.append((k, s_k, d_k, pts))
-        return self._decode_rows(enc, rows, mode, predicted_boxes=box_px, refine=True)
-
-    def _decode_rows(self, enc: EncodedImage, rows, mode: str, manual_boxes=None,
-                     predicted_boxes=None, refine: bool = True) -> Prediction:
-        geom = enc.geometry
-        c = self.num_classes
-        masks = np.zeros((c, geom.height, geom.width), dtype=bool)
-        boxes = np.full((c, 4), np.nan, dtype=np.float32)
-        scores = np.zeros(c, dtype=np.float32)
-        for j, (k, s, d, pts) in enumerate(rows):
-            # Rows differ in their number of sparse tokens (points), so decode one at a time.
-            out = self.backbone.decode(enc.features, s, d)
-            logits = self.refine(enc.features, out.low_res_logits, pts) if refine else out.low_res_logits
-            logits = self.backbone.postprocess(logits, geom)[0]
-            masks[k] = (logits > self.mask_threshold).cpu().numpy()
-            conf = out.iou.clamp(0, 1)
-            if out.object_logit is not None:
-                conf = conf * torch.sigmoid(out.object_logit)
-                if out.object_logit.item() < 0:  # SAM2 says nothing is there
-                    masks[k] = False
-            scores[k] = float(conf.item())
-            box = manual_boxes[j] if manual_boxes is not None else predicted_boxes[k:k + 1]
-            if box is not None:
-                boxes[k] = (box[0] / geom.scale).cpu().numpy()
-        return Prediction(masks=masks, boxes=boxes, scores=scores, mode=mode, class_names=self.class_names)
+                out = be.decode(enc.features, s, d)
+                no_box = torch.full((1, 4), torch.nan, device=self.device)
+                # Manual mode is the plain backbone: no refiner, whatever the checkpoint holds.
+                rows.append((k, out, out.low_res_logits, no_box if box is None else box))
+        else:
+            ppn_out = self.ppn(enc.features)
+            sparse, dense, box_px = self.prompts_from_ppn(ppn_out)
+            for k in range(self.num_classes):
+                s_k, d_k, pts = sparse[k:k + 1], dense[k:k + 1], None
+                p = by_class.get(k)
+                if p is not None:  # semi: the reader's corrections on top of the predicted prompts
+                    pts, box, mask = self._to_model_space(p, enc.geometry)
+                    if box is not None:
+                        box_px[k:k + 1] = box
+                    user_sparse, _ = be.encode_prompts(points=pts, boxes=box_px[k:k + 1])
+                    s_k = torch.cat([user_sparse, ppn_out.extra_tokens[k:k + 1]], dim=1)
+                    if mask is not None:
+                        d_k = be.prompt_encoder._embed_masks(mask)
+                out = be.decode(enc.features, s_k, d_k)
+                rows.append((k, out, self.refine(enc.features, out.low_res_logits, pts), box_px[k:k + 1]))
+        outs = [out for _, out, _, _ in rows]
+        obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])
+        return DecodedRows(image_index=[0] * len(rows), class_index=[k for k, _, _, _ in rows],
+                           logits=torch.cat([lg for _, _, lg, _ in rows]), iou=torch.cat([o.iou for o in outs]),
+                           object_logit=obj, boxes_px=torch.cat([b for _, _, _, b in rows]))
 
 
 def build_sam2rad(backbone: str | Backbone = "litemedsam", ppn_config: PPNConfig | None = None,

@@ -26,7 +26,7 @@ from pipeline.ledger import Ledger
 from pipeline.night_chunks import ChunkJournal, JournaledRecorder, night_records, read_attempts, split_night
 from pipeline.run_tables import InstanceMetrics
 from pipeline.studies import StudyRef
-from tests.prefect_server import REPO_ROOT, PrefectServer, descendants
+from tests.prefect_server import REPO_ROOT, PrefectServer, descendants, stop_process_tree
 
 PROCESS_POOL = "sam2rad-gpu"
 PREFECT_FILE = REPO_ROOT / "deploy" / "prefect.yaml"
@@ -209,12 +209,19 @@ def _sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    with PrefectServer(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_free_workers_pull_chunks_and_a_killed_workers_chunk_runs_again(tmp_path):
+def test_free_workers_pull_chunks_and_a_killed_workers_chunk_runs_again(prefect_server, tmp_path):
     from flows.demo.archive import write_demo_archive
 
     t0 = time.monotonic()
+    server = prefect_server
     archive = write_demo_archive(tmp_path / "archive", n_synthetic_studies=6, images_per_study=2, cine_frames=3,
                                  size=(96, 96), include_pydicom_examples=False)
     sources = {_sop_uid(p) for p in archive.files}
@@ -226,33 +233,34 @@ def test_free_workers_pull_chunks_and_a_killed_workers_chunk_runs_again(tmp_path
     env = {"SAM2RAD_HOME": str(REPO_ROOT), "PYTHONPATH": f"{site}{os.pathsep}{REPO_ROOT}", "OMP_NUM_THREADS": "1",
            "SAM2RAD_GPU_SLOTS": "2", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 
-    with PrefectServer(tmp_path / "prefect") as server:
-        server.cli("work-pool", "create", PROCESS_POOL, "--type", "process", "--base-job-template",
-                   str(REPO_ROOT / "deploy" / "work-pools" / "process.json"), "--overwrite")
-        deployed = server.cli("deploy", "--prefect-file", str(PREFECT_FILE), "--name", "chunk",
-                              env={"SAM2RAD_HOME": None})
-        assert "sam2rad-chunk/chunk" in deployed.stdout
-        workers = {name: server.start_worker(PROCESS_POOL, name=name, env=env, cwd=tmp_path)
-                   for name in ("w-a", "w-b")}
-        parameters = {"inbox": str(archive.inbox), "outbox": str(outbox), "output_dir": str(runs),
-                      "start_date": f"{day[:4]}-{day[4:6]}-{day[6:]}", "studies_per_chunk": 2,
-                      "heartbeat_timeout_s": 50, "pending_timeout_s": 120, "poll_s": 2}
-        dispatcher = subprocess.Popen([sys.executable, "-c", _DISPATCH, json.dumps(parameters)], cwd=REPO_ROOT,
-                                      env=server.client_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, start_new_session=True)
-        try:
-            killed_chunk = _wait_to_kill(runs, dispatcher, "w-a", timeout=150)
-            _kill_tree(workers["w-a"])
-            t_kill = time.monotonic()
-            out, _ = dispatcher.communicate(timeout=200)
-        finally:
-            if dispatcher.poll() is None:
-                dispatcher.kill()
-        logs = f"{out[-6000:]}\n--- w-a ---\n{server.worker_log('w-a')}\n--- w-b ---\n{server.worker_log('w-b')}"
-        assert dispatcher.returncode == 0, logs
-        summary = json.loads(next(line for line in out.splitlines() if line.startswith("SUMMARY "))[8:])
-        assert workers["w-b"].poll() is None, "the surviving worker died"
-        assert "no heartbeat for 50 s" in out, logs  # the dispatcher noticed: nobody was left to say so
+    server.cli("work-pool", "create", PROCESS_POOL, "--type", "process", "--base-job-template",
+               str(REPO_ROOT / "deploy" / "work-pools" / "process.json"), "--overwrite")
+    deployed = server.cli("deploy", "--prefect-file", str(PREFECT_FILE), "--name", "chunk",
+                          env={"SAM2RAD_HOME": None})
+    assert "sam2rad-chunk/chunk" in deployed.stdout
+    t_deployed = time.monotonic()
+    workers = {name: server.start_worker(PROCESS_POOL, name=name, env=env, cwd=tmp_path)
+               for name in ("w-a", "w-b")}
+    parameters = {"inbox": str(archive.inbox), "outbox": str(outbox), "output_dir": str(runs),
+                  "start_date": f"{day[:4]}-{day[4:6]}-{day[6:]}", "studies_per_chunk": 2,
+                  "heartbeat_timeout_s": 40, "pending_timeout_s": 120, "poll_s": 2}
+    dispatcher = subprocess.Popen([sys.executable, "-c", _DISPATCH, json.dumps(parameters)], cwd=REPO_ROOT,
+                                  env=server.client_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, start_new_session=True)
+    try:
+        killed_chunk = _wait_to_kill(runs, dispatcher, "w-a", timeout=150)
+        _kill_tree(workers["w-a"])
+        t_kill = time.monotonic()
+        out, _ = dispatcher.communicate(timeout=200)
+        t_end = time.monotonic()
+    finally:
+        if dispatcher.poll() is None:
+            dispatcher.kill()
+    logs = f"{out[-6000:]}\n--- w-a ---\n{server.worker_log('w-a')}\n--- w-b ---\n{server.worker_log('w-b')}"
+    assert dispatcher.returncode == 0, logs
+    summary = json.loads(next(line for line in out.splitlines() if line.startswith("SUMMARY "))[8:])
+    assert workers["w-b"].poll() is None, "the surviving worker died"
+    assert "no heartbeat for 40 s" in out, logs  # the dispatcher noticed: nobody was left to say so
 
     # the night's summary is complete: every study and instance, each SEG stored, nothing failed
     assert (summary["studies"], summary["failed_studies"]) == (7, 0), summary["headline"]
@@ -277,5 +285,46 @@ def test_free_workers_pull_chunks_and_a_killed_workers_chunk_runs_again(tmp_path
     assert len(segs) == len(sources) and sorted(seg_uids) == sorted(e[2] for e in entries)
     instance_table = Path(summary["tables"]["instances_csv"]).read_text().splitlines()
     assert len(instance_table) == 1 + len(sources)
-    print(f"chunks on two workers, one killed: {time.monotonic() - t0:.0f} s in all, "
-          f"{time.monotonic() - t_kill:.0f} s from the kill to the night's end")
+    print(f"chunks on two workers, one killed: {time.monotonic() - t0:.0f} s in all (server, pool and deploy "
+          f"{t_deployed - t0:.0f} s, to the kill {t_kill - t_deployed:.0f} s, from the kill to the night's end "
+          f"{t_end - t_kill:.0f} s)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_the_dispatcher_is_served_with_the_nightly_schedule_and_parameters(prefect_server):
+    """`python -m flows.dispatch serve` (deploy/README.md): a deployment with prefect.yaml's nightly
+    cron, timezone and parameters, served by one process that needs no worker and no GPU."""
+    import asyncio
+
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    nightly = next(d for d in config["deployments"] if d["name"] == "nightly")
+    schedule = config["definitions"]["schedules"]["nightly"]
+    serving = subprocess.Popen([sys.executable, "-m", "flows.dispatch", "serve"], cwd=REPO_ROOT,
+                               env=prefect_server.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+
+    async def served_deployment():
+        async with get_client() as client:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and serving.poll() is None:
+                try:
+                    return await client.read_deployment_by_name("sam2rad-dispatch/nightly-pool")
+                except ObjectNotFound:
+                    await asyncio.sleep(1)
+        return None
+
+    try:
+        with prefect_server.settings():
+            deployment = asyncio.run(served_deployment())
+    finally:
+        stop_process_tree(serving)
+    assert deployment is not None, serving.stdout.read()[-4000:]
+    (served,) = deployment.schedules
+    assert (served.schedule.cron, served.schedule.timezone) == (schedule["cron"], schedule["timezone"])
+    assert deployment.parameters == nightly["parameters"]
+    assert deployment.work_pool_name is None  # served: it takes no worker of the GPU pool

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -77,12 +78,15 @@ class ChunkJournal:
         self.path = Path(run_dir) / JOURNAL_FOLDER / chunk_id / f"{attempt_id}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()  # run_chunk's reader and writer threads may both report
         self._write(kind="start", chunk_id=chunk_id, attempt_id=attempt_id, worker=worker or worker_identity(),
                     host=socket.gethostname(), pid=os.getpid())
 
     def _write(self, **line) -> None:
-        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
-        self._file.flush()
+        text = json.dumps(line, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._file.write(text)
+            self._file.flush()
 
     def instance(self, row: InstanceMetrics, seg: WrittenSeg | None) -> None:
         self._write(kind="instance", row=dataclasses.asdict(row), seg_path=str(seg.path) if seg else None)
@@ -92,12 +96,16 @@ class ChunkJournal:
                     error=error)
 
     def close(self) -> None:
+        """The attempt ended (finished, or stopped by an error it reported): not killed."""
         if not self._file.closed:
             self._write(kind="end")
             self._file.close()
 
 
 class Recorder(Protocol):
+    stored: int
+    kept_in_outbox: int
+
     def is_done(self, sop_uid: str) -> bool: ...
 
     def record(self, row: InstanceMetrics, seg: WrittenSeg | None) -> None: ...
@@ -121,8 +129,13 @@ class JournaledRecorder:
         self.journal.instance(row, seg)
         self.recorder.record(row, seg)
 
-    def __getattr__(self, name: str):  # stored, kept_in_outbox, ... of the wrapped recorder
-        return getattr(self.recorder, name)
+    @property
+    def stored(self) -> int:
+        return self.recorder.stored
+
+    @property
+    def kept_in_outbox(self) -> int:
+        return self.recorder.kept_in_outbox
 
 
 @dataclass

@@ -55,6 +55,8 @@ def test_a_night_splits_into_chunks_of_a_few_studies():
 class _LedgerRecorder:
     """InstanceRecorder's two calls, on a real ledger, without a sink."""
 
+    stored = kept_in_outbox = 0
+
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
@@ -191,18 +193,19 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def _wait_to_kill(run_root: Path, dispatcher: subprocess.Popen, worker: str, timeout: float) -> str:
-    """Wait until `worker` has finished a chunk and is in the middle of its next one; that chunk's id."""
+def _wait_to_kill(run_root: Path, dispatcher: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """Wait until a worker has finished a chunk and settled an instance of its next one: (worker, chunk id)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if dispatcher.poll() is not None:
-            raise AssertionError("the dispatcher ended before a worker could be killed")
-        attempts = [a for d in run_root.glob("nightly-*") for a in read_attempts(d) if a.worker == worker]
-        busy = [a for a in attempts if not a.ended and a.instances]
-        if any(a.ended for a in attempts) and busy:
-            return busy[0].chunk_id
+            raise AssertionError(f"the dispatcher ended before a worker could be killed:\n{dispatcher.stdout.read()[-8000:]}")
+        attempts = [a for d in run_root.glob("nightly-*") for a in read_attempts(d)]
+        for attempt in attempts:
+            finished_one = any(a.ended for a in attempts if a.worker == attempt.worker)
+            if finished_one and not attempt.ended and attempt.instances:
+                return attempt.worker, attempt.chunk_id
         time.sleep(0.2)
-    raise AssertionError(f"worker {worker} never got mid-way into a second chunk")
+    raise AssertionError("no worker got mid-way into a second chunk")
 
 
 def _sop_uid(path: Path) -> str:
@@ -243,13 +246,15 @@ def test_free_workers_pull_chunks_and_a_killed_workers_chunk_runs_again(prefect_
                for name in ("w-a", "w-b")}
     parameters = {"inbox": str(archive.inbox), "outbox": str(outbox), "output_dir": str(runs),
                   "start_date": f"{day[:4]}-{day[4:6]}-{day[6:]}", "studies_per_chunk": 2,
+                  "batch_size": 1,  # one model call per frame: a chunk settles instance by instance
                   "heartbeat_timeout_s": 40, "pending_timeout_s": 120, "poll_s": 2}
     dispatcher = subprocess.Popen([sys.executable, "-c", _DISPATCH, json.dumps(parameters)], cwd=REPO_ROOT,
                                   env=server.client_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, start_new_session=True)
     try:
-        killed_chunk = _wait_to_kill(runs, dispatcher, "w-a", timeout=150)
-        _kill_tree(workers["w-a"])
+        victim, killed_chunk = _wait_to_kill(runs, dispatcher, timeout=150)
+        survivor = ({"w-a", "w-b"} - {victim}).pop()
+        _kill_tree(workers[victim])
         t_kill = time.monotonic()
         out, _ = dispatcher.communicate(timeout=200)
         t_end = time.monotonic()
@@ -259,7 +264,7 @@ def test_free_workers_pull_chunks_and_a_killed_workers_chunk_runs_again(prefect_
     logs = f"{out[-6000:]}\n--- w-a ---\n{server.worker_log('w-a')}\n--- w-b ---\n{server.worker_log('w-b')}"
     assert dispatcher.returncode == 0, logs
     summary = json.loads(next(line for line in out.splitlines() if line.startswith("SUMMARY "))[8:])
-    assert workers["w-b"].poll() is None, "the surviving worker died"
+    assert workers[survivor].poll() is None, "the surviving worker died"
     assert "no heartbeat for 40 s" in out, logs  # the dispatcher noticed: nobody was left to say so
 
     # the night's summary is complete: every study and instance, each SEG stored, nothing failed
@@ -268,12 +273,15 @@ def test_free_workers_pull_chunks_and_a_killed_workers_chunk_runs_again(prefect_
     assert summary["stored"] == len(sources), summary["headline"]
     chunks = summary["chunks"]
     assert chunks["count"] == 4 and chunks["lost"] == [] and chunks["failed"] == []
-    assert chunks["resubmitted"] >= 1 and chunks["workers"][killed_chunk][:2] == ["w-a", "w-b"]
+    assert chunks["resubmitted"] >= 1 and chunks["workers"][killed_chunk][:2] == [victim, survivor]
 
     # both workers took chunks; the killed one's chunk ended on the other
     attempts = read_attempts(Path(summary["run_dir"]))
     assert {a.worker for a in attempts if a.ended} == {"w-a", "w-b"}
-    assert [(a.worker, a.ended) for a in attempts if a.chunk_id == killed_chunk][-1] == ("w-b", True)
+    killed, *_, retry = [a for a in attempts if a.chunk_id == killed_chunk]
+    assert (killed.worker, killed.ended, retry.worker, retry.ended) == (victim, False, survivor, True)
+    # the retry redid only what the ledger had not finished
+    assert sum(len(study["already_done"]) for study in retry.studies) >= 1, retry.studies
 
     # the ledger holds each source instance once, done, with its own SEG; the sink holds exactly those SEGs
     with sqlite3.connect(runs / "ledger.sqlite") as db:

@@ -32,6 +32,8 @@ from pipeline.studies import parse_window
 from pipeline.us_records import IngestLimits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Larger than the in-process nightly's chunks: a pulled chunk pays a process start and a model load.
+DEFAULT_STUDIES_PER_CHUNK = 16
 
 
 def _lost_studies(chunks: list[NightChunk], outcome: WatchOutcome, records: NightRecords) -> dict[str, str]:
@@ -46,14 +48,16 @@ def _lost_studies(chunks: list[NightChunk], outcome: WatchOutcome, records: Nigh
 def dispatch_night(inbox: str | None = None, outbox: str | None = None, source_kind: str = "folder",
                    start_date: str | None = None, end_date: str | None = None, checkpoint: str | None = None,
                    mode: str = "auto", batch_size: int = 4, dry_run: bool = False, output_dir: str = "runs",
-                   ledger_path: str | None = None, sink_kind: str | None = None, studies_per_chunk: int = 4,
+                   ledger_path: str | None = None, sink_kind: str | None = None,
+                   studies_per_chunk: int = DEFAULT_STUDIES_PER_CHUNK, instances_per_chunk: int | None = None,
                    chunk_deployment: str = CHUNK_DEPLOYMENT, max_resubmits: int = 2,
                    heartbeat_timeout_s: float = 450.0, pending_timeout_s: float = 900.0,
                    poll_s: float = 10.0) -> dict:
     """Segment the US studies of a date window (default: yesterday) on the GPU work pool, chunk by chunk.
 
-    Parameters as for the nightly flow, plus: studies_per_chunk (the unit a free worker pulls);
-    chunk_deployment; max_resubmits (how often a lost chunk runs again); heartbeat_timeout_s (a running
+    Parameters as for the nightly flow, plus: studies_per_chunk, instances_per_chunk (the unit a free
+    worker pulls: each chunk costs a flow-run process, its imports and the model load, about 11 s on a
+    2-core CPU host, so a chunk should hold minutes of device work); chunk_deployment; max_resubmits (how often a lost chunk runs again); heartbeat_timeout_s (a running
     chunk without a flow-run heartbeat for this long has lost its worker; keep it over twice the
     workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY); pending_timeout_s; poll_s.
     """
@@ -74,7 +78,7 @@ def dispatch_night(inbox: str | None = None, outbox: str | None = None, source_k
 
     drained = 0 if dry_run else drain_previous_failures(sink_settings, ledger_file)
     found, rejected = discover_studies(settings, start_date, end_date)
-    chunks = split_night(found, studies_per_chunk)
+    chunks = split_night(found, studies_per_chunk, instances_per_chunk)
     logger.info("%d studies in %d chunks of up to %d studies, to %s", len(found), len(chunks), studies_per_chunk,
                 chunk_deployment)
     night = {"run_dir": str(run_dir), "ledger_path": ledger_file, "inbox": inbox, "outbox": outbox,

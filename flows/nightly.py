@@ -1,6 +1,7 @@
-"""The nightly flow: discover -> per study: fetch, segment, write SEG, store, ledger -> tables + artifact.
+"""The nightly flow: discover -> per chunk of studies: fetch, segment, write SEG, store, ledger -> tables + artifact.
 
-Tasks are thin: each calls one pipeline/sam2rad function. Retries only where I/O is transient (PACS
+Tasks are thin: each calls one pipeline/sam2rad function (a chunk: pipeline.chunk_runner.run_chunk, which
+overlaps fetching, decoding, SEG writing and storing with the model). Retries only where I/O is transient (PACS
 discovery, retrieval, store); bad input and out-of-memory are never retried.
 """
 from __future__ import annotations
@@ -15,22 +16,23 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext, get_run_context
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from flows.runtime import default_device, ensure_gpu_limit, gpu_slot, load_model
+from pipeline.chunk_runner import ChunkResult, run_chunk
 from pipeline.inference import seg_algorithm_for
 from pipeline.ledger import Ledger
+from pipeline.night_chunks import split_night
 from pipeline.night_summary import night_summary, summary_markdown
 from pipeline.pacs import Outbox, PacsError, PacsSettings, drain, open_archive
-from pipeline.pacs.base import safe_uid
 from pipeline.run_tables import study_metrics, write_rejected_table, write_tables
-from pipeline.seg import SegWriter
-from pipeline.staging import study_staging, sweep_stale_staging
+from pipeline.staging import sweep_stale_staging
 from pipeline.studies import RejectedFile, StudyRef, parse_window
-from pipeline.study_processing import InstanceRecorder, StudyResult, process_study
+from pipeline.study_processing import StudyResult
 from pipeline.us_records import IngestLimits
 
 SUMMARY_ARTIFACT = "sam2rad-nightly-summary"
+DEFAULT_STUDIES_PER_CHUNK = 16  # fewer, longer chunks: each chunk start and end leaves the model idle a moment
 
 
 class StudiesFailed(RuntimeError):
@@ -97,40 +99,49 @@ def drain_previous_failures(sink_settings: PacsSettings, ledger_path: str) -> in
     return len(report.stored)
 
 
-def _study_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
-    """Cache a study under (study UID, model fingerprint, code version), but only while the ledger
-    (the source of truth) has no unfinished instance of it for this model."""
-    ref: StudyRef = parameters["ref"]
+def _chunk_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
+    """Cache a chunk under (its study UIDs, model fingerprint, code version), but only while the ledger
+    (the source of truth) has no unfinished instance of any of its studies for this model."""
+    refs: list[StudyRef] = parameters["refs"]
     fingerprint = parameters["model_fingerprint"]
     if parameters.get("dry_run"):
         return None
-    status = Ledger(parameters["ledger_path"]).study_status(ref.study_uid, fingerprint)
-    # Only a study the ledger knows and has finished may be skipped from the cache.
-    if not status or any(n for s, n in status.items() if s not in ("done", "skipped")):
-        return None
-    key = f"{ref.study_uid}|{fingerprint}|{parameters['code_version']}|{parameters['ledger_path']}"
+    ledger = Ledger(parameters["ledger_path"])
+    for ref in refs:
+        status = ledger.study_status(ref.study_uid, fingerprint)
+        # Only studies the ledger knows and has finished may be skipped from the cache.
+        if not status or any(n for s, n in status.items() if s not in ("done", "skipped")):
+            return None
+    uids = ",".join(sorted(ref.study_uid for ref in refs))
+    key = f"{uids}|{fingerprint}|{parameters['code_version']}|{parameters['ledger_path']}"
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-@task(name="segment-study", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_io,
-      cache_key_fn=_study_cache_key, persist_result=True, result_serializer="json")
-def segment_study(settings: PacsSettings, sink_settings: PacsSettings, ref: StudyRef, checkpoint: str | None,
+@task(name="segment-chunk", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_io,
+      cache_key_fn=_chunk_cache_key, persist_result=True, result_serializer="json")
+def segment_chunk(settings: PacsSettings, sink_settings: PacsSettings, refs: list[StudyRef], checkpoint: str | None,
                   mode: str, batch_size: int, dry_run: bool, run_dir: str, ledger_path: str,
-                  model_fingerprint: str, code_version: str) -> StudyResult:
-    """Fetch one study, segment what the ledger has not finished, write SEGs, store them."""
-    model = load_model(checkpoint, default_device())
-    algorithm = seg_algorithm_for(model, mode)
-    archive = open_archive(settings)
-    sink = archive if sink_settings == settings else open_archive(sink_settings)
-    recorder = InstanceRecorder(Ledger(ledger_path), algorithm.fingerprint, ref.study_uid, sink,
-                                Outbox(sink_settings.store_outbox), sink_settings.retry_policy(), dry_run)
-    seg_dir = Path(run_dir) / "segs" / safe_uid(ref.study_uid, "StudyInstanceUID")  # checked before any path
-    seg_dir.mkdir(parents=True, exist_ok=True)
-    with study_staging(Path(run_dir).parent) as staging:  # <output_dir>/staging, swept after a kill
-        fetched = archive.fetch(ref, staging)
-        outcome = process_study(fetched, model, SegWriter(algorithm), seg_dir, mode, batch_size, dry_run,
-                                is_done=recorder.is_done, on_result=recorder.record, batch_guard=gpu_slot)
-    return StudyResult.of(outcome, recorder)
+                  model_fingerprint: str, code_version: str) -> ChunkResult:
+    """Fetch a few studies, segment what the ledger has not finished, write SEGs, store them: the I/O
+    overlapped with the model, each model call holding a `gpu` slot. A study that fails is reported in
+    the result; a transient PACS error that stops the whole chunk retries it (the ledger skips what is done)."""
+    result = run_chunk(settings, refs, checkpoint, mode, batch_size, dry_run, run_dir, ledger_path, sink_settings,
+                       model=load_model(checkpoint, default_device()), batch_guard=gpu_slot)
+    get_run_logger().info("%d studies (%d failed), %d frames in %.1f s; %.1f s inside the model (%d calls)",
+                          len(refs), len(result.study_errors), result.frames, result.seconds,
+                          result.model_seconds, result.model_calls)
+    return result
+
+
+def _chunk_results(state: State, refs: list[StudyRef]) -> tuple[list[StudyResult], dict[str, str]]:
+    """A finished chunk's studies and study errors; a chunk that failed as a whole fails each of its studies."""
+    try:
+        chunk: ChunkResult = state.result()
+    except Exception as exc:  # noqa: BLE001 - one chunk's trouble must not end the night
+        return [], {ref.study_uid: f"{type(exc).__name__}: {exc}" for ref in refs}
+    # A cached chunk comes back from Prefect's JSON result store as a ChunkResult too (tested).
+    cached = state.name == "Cached"
+    return [dataclasses.replace(study, from_cache=cached) for study in chunk.studies], dict(chunk.study_errors)
 
 
 def _in_shard(study_uid: str, shard_index: int, shard_count: int) -> bool:
@@ -142,16 +153,20 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
             start_date: str | None = None, end_date: str | None = None, checkpoint: str | None = None,
             mode: str = "auto", batch_size: int = 4, dry_run: bool = False, output_dir: str = "runs",
             ledger_path: str | None = None, shard_index: int = 0, shard_count: int = 1,
-            sink_kind: str | None = None) -> dict:
+            sink_kind: str | None = None, studies_per_chunk: int = DEFAULT_STUDIES_PER_CHUNK) -> dict:
     """Segment the US studies of a date window (default: yesterday) and put DICOM-SEG back.
 
     inbox/outbox: folder archive (source_kind="folder"); DIMSE/DICOMweb addresses come from the
     environment (SAM2RAD_PACS_*, SAM2RAD_DICOMWEB_*). checkpoint: PPN checkpoint, default the shipped
     demo model. shard_index/shard_count split one night across several flow runs (one per worker).
     sink_kind: where SEGs go when that differs from the source (e.g. read a VNA folder, store to PACS).
+    studies_per_chunk: studies per `segment-chunk` task (one task run, fetch/decode/store overlapped
+    with the model inside it); a chunk is also what a transient PACS error retries.
     """
     if mode != "auto":
         raise ValueError("the nightly flow runs without a reader: mode must be 'auto'")
+    if studies_per_chunk < 1:
+        raise ValueError(f"studies_per_chunk must be at least 1, got {studies_per_chunk}")
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} outside 0..{shard_count - 1}")
     logger = get_run_logger()
@@ -180,17 +195,15 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     ensure_gpu_limit()
     results: list[StudyResult] = []
     study_errors: dict[str, str] = {}
-    for ref in studies:
-        state = segment_study(settings, sink_settings, ref, checkpoint, mode, batch_size, dry_run,
-                              str(run_dir), ledger_file, fingerprint, code_version(), return_state=True)
-        try:
-            result = state.result()
-        except Exception as exc:  # noqa: BLE001 - one study's trouble must not end the night
-            study_errors[ref.study_uid] = f"{type(exc).__name__}: {exc}"
-            logger.error("study %s failed: %s", ref.study_uid, study_errors[ref.study_uid])
-            continue
-        # A cached study comes back from Prefect's JSON result store as a StudyResult too (tested).
-        results.append(dataclasses.replace(result, from_cache=state.name == "Cached"))
+    for chunk in split_night(studies, studies_per_chunk):
+        refs = list(chunk.studies)
+        state = segment_chunk(settings, sink_settings, refs, checkpoint, mode, batch_size, dry_run, str(run_dir),
+                              ledger_file, fingerprint, code_version(), return_state=True)
+        finished, errors = _chunk_results(state, refs)
+        results += finished
+        study_errors |= errors
+        for uid, error in errors.items():
+            logger.error("study %s failed: %s", uid, error)
 
     rows = [row for result in results for row in result.rows]
     tables = write_tables(rows, run_dir, "nightly") if rows else None

@@ -26,7 +26,6 @@ from pipeline.pacs.base import (
     SegSink,
     StoreResult,
     instance_path,
-    load_dataset,
 )
 from pipeline.pacs.config import RetryPolicy
 from pipeline.pacs.folder import read_header, scan
@@ -116,25 +115,36 @@ class DeliveryOutcome:
     error: str = ""
 
 
+def _seg_identity(seg: Dataset | Path) -> tuple[str, str]:
+    """(Study, SOP Instance UID) of a SEG dataset or file."""
+    if isinstance(seg, Dataset):
+        return str(seg.StudyInstanceUID), str(seg.SOPInstanceUID)
+    header = read_header(Path(seg))
+    if header is None:
+        raise ValueError(f"{seg} is not a DICOM file with Study/SOP Instance UIDs")
+    return header.instance.study_uid, header.instance.sop_uid
+
+
 def deliver(seg: Dataset | Path, sink: SegSink, outbox: Outbox, *, ledger: Ledger | None = None,
             source_sop_uid: str | None = None, fingerprint: str | None = None,
             policy: RetryPolicy = RetryPolicy(), sleep: Sleep = time.sleep) -> DeliveryOutcome:
     """Store one SEG; on failure keep it in the outbox. With a ledger, a done source is not stored again."""
     guarded = ledger is not None and source_sop_uid and fingerprint
-    ds = load_dataset(seg)
-    seg_uid = str(ds.SOPInstanceUID)
+    # A file goes to the sink as written: its UIDs are read from the header, the rest is not decoded
+    # and encoded again (that cost as much as writing the SEG).
+    study_uid, seg_uid = _seg_identity(seg)
     if guarded and ledger.is_done(source_sop_uid, fingerprint):
         log.info("SEG %s: source %s already done; not stored again", seg_uid, source_sop_uid)
         return DeliveryOutcome(seg_uid, Delivery.SKIPPED)
     try:
-        store_with_retry(sink, ds, policy, sleep)
+        store_with_retry(sink, seg, policy, sleep)
     except Exception as exc:  # noqa: BLE001 - whatever broke the store, the SEG must not be lost
-        outbox.put(ds)
+        outbox.put(seg)
         if guarded:
             ledger.mark_store_pending(source_sop_uid, fingerprint, seg_uid, exc)
         log.warning("SEG %s kept in the outbox (%s): %s", seg_uid, type(exc).__name__, exc)
         return DeliveryOutcome(seg_uid, Delivery.KEPT, error=f"{type(exc).__name__}: {exc}")
-    outbox.discard(str(ds.StudyInstanceUID), seg_uid)  # a copy kept by an earlier run is obsolete now
+    outbox.discard(study_uid, seg_uid)  # a copy kept by an earlier run is obsolete now
     if guarded:
         ledger.mark_done(source_sop_uid, fingerprint, seg_uid)
     elif ledger is not None:

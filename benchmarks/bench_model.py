@@ -1,11 +1,15 @@
-"""Images per second of the bare encoder vs Sam2Rad `auto` and `manual` predict, side by side, and
-the cost of one reader click in `semi` mode on a cached encoding.
+"""Images per second of the bare encoder vs Sam2Rad `auto` and `manual` predict, side by side, at
+one or more batch sizes, and the cost of one reader click in `semi` mode on a cached encoding.
 
 Targets: auto / bare encoder >= 0.85 (the PPN, decoder and refiner must cost little beside the
 encoder); a click < 150 ms with LiteMedSAM on 2 CPU threads (decoder path only, never the encoder).
+`auto` decodes a batch (images x classes) in one call; `manual` decodes image by image (a reader's
+prompts differ per image), so at batch > 1 the two columns show what batching the decode buys.
 All are timed in interleaved rounds and compared by their median times. The models carry the mask
-refiner, as the training recipe's do.
+refiner, as the training recipe's do. SAM2.1 runs on random weights (the timing is the same).
 Usage: .venv/bin/python benchmarks/bench_model.py [--threads 2] [--repeats 12] [--device cpu]
+       [--batch-sizes 1,16] [--backbones litemedsam,sam2.1_hiera_t]
+On a GPU host: --device cuda --batch-sizes 1,16 (the issue's figures are auto/encoder at 1 and 16).
 """
 from __future__ import annotations
 
@@ -15,31 +19,65 @@ import time
 import numpy as np
 import torch
 
-from sam2rad.model import Prompts, build_sam2rad
+from sam2rad.model import Prompts, Sam2Rad, build_sam2rad
 from sam2rad.refine import RefinerConfig
 
-CASES = [("litemedsam", 256, True), ("sam2.1_hiera_t", 512, False)]
+CASES = {"litemedsam": (256, True), "sam2.1_hiera_t": (512, False)}  # input size, pretrained weights
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
-def interleaved_rates(fns, repeats: int) -> list[float]:
+def interleaved_rates(fns, repeats: int, images_per_call: int, device: str) -> list[float]:
     """Images per second of each function, from the median of `repeats` rounds that call every
     function once in turn: a shared machine's speed drifts by 10 % or more within a minute, and
     timing the functions one after the other would put that drift into their ratio."""
     for fn in fns:
-        fn()  # warm-up (allocations, lazy init)
+        fn()  # warm-up (allocations, lazy init, cuDNN autotuning)
     seconds = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            seconds[i].append(_timed(fn))
-    return [1.0 / float(np.median(s)) for s in seconds]
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            seconds[i].append(time.perf_counter() - start)
+    return [images_per_call / float(np.median(s)) for s in seconds]
+
+
+def measure(model: Sam2Rad, size: int, batch: int, repeats: int, device: str) -> tuple[float, float, float, float | None]:
+    """(encoder, auto, manual) images/s at this batch size, and a click's ms (batch 1 only)."""
+    rng = np.random.default_rng(batch)
+    images = [rng.integers(0, 255, (size, size), dtype=np.uint8) for _ in range(batch)]
+    pixels, _ = model.backbone.preprocess(images)
+    box = Prompts(box=[size * 0.2, size * 0.3, size * 0.8, size * 0.6])
+
+    def bare():
+        with torch.no_grad():
+            model.backbone.encode(pixels)
+
+    def auto():
+        model.clear_cache()  # every call pays for its own encoding
+        model.predict(images, "auto")
+
+    def manual():
+        model.clear_cache()
+        model.predict(images, "manual", [box] * batch)
+
+    fns = [bare, auto, manual]
+    if batch == 1:
+        clicks = Prompts(points=[[size * 0.5, size * 0.45], [size * 0.3, size * 0.7]], labels=[1, 0])
+
+        def click():  # a reader's second click: the encoding is cached, only the decoder path runs
+            before = model.encoder_calls
+            model.predict(images[0], "semi", clicks)
+            assert model.encoder_calls == before, "a click re-ran the encoder"
+
+        fns.append(click)
+    rates = interleaved_rates(fns, repeats, batch, device)
+    return rates[0], rates[1], rates[2], (1000 / rates[3] if batch == 1 else None)
 
 
 def main() -> None:
@@ -47,42 +85,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=12)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,16")
+    ap.add_argument("--backbones", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
-    for name, size, pretrained in CASES:
+    for name in args.backbones.split(","):
+        size, pretrained = CASES[name]
         model = build_sam2rad(name, pretrained=pretrained, input_size=size,
                               refiner_config=RefinerConfig()).to(args.device).eval()
-        image = rng.integers(0, 255, (size, size), dtype=np.uint8)
-        pixels, _ = model.backbone.preprocess([image])
-        box = Prompts(box=[size * 0.2, size * 0.3, size * 0.8, size * 0.6])
-
-        def bare():
-            with torch.no_grad():
-                model.backbone.encode(pixels)
-
-        def auto():
-            model.clear_cache()  # every call pays for its own encoding
-            model.predict(image, "auto")
-
-        def manual():
-            model.clear_cache()
-            model.predict(image, "manual", box)
-
-        clicks = Prompts(points=[[size * 0.5, size * 0.45], [size * 0.3, size * 0.7]], labels=[1, 0])
-
-        def click():  # a reader's second click: the encoding is cached, only the decoder path runs
-            before = model.encoder_calls
-            model.predict(image, "semi", clicks)
-            assert model.encoder_calls == before, "a click re-ran the encoder"
-
-        r_bare, r_auto, r_manual, r_click = interleaved_rates([bare, auto, manual, click], args.repeats)
-        rows.append((f"{name}@{size}", r_bare, r_auto, r_manual, r_auto / r_bare, 1000 / r_click))
-    print(f"\nthreads={args.threads} device={args.device} repeats={args.repeats}")
-    print(f"{'backbone':<22}{'encoder img/s':>15}{'auto img/s':>12}{'manual img/s':>14}{'auto/encoder':>14}{'click ms':>10}")
-    for name, b, a, m, ratio, ms in rows:
-        print(f"{name:<22}{b:>15.2f}{a:>12.2f}{m:>14.2f}{ratio:>14.2f}{ms:>10.1f}")
+        for batch in batches:
+            bare, auto, manual, click_ms = measure(model, size, batch, args.repeats, args.device)
+            rows.append((f"{name}@{size}", batch, bare, auto, manual, auto / bare, click_ms))
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"\nthreads={args.threads} device={args.device} ({device}) repeats={args.repeats}")
+    print(f"{'backbone':<22}{'batch':>6}{'encoder img/s':>15}{'auto img/s':>12}{'manual img/s':>14}"
+          f"{'auto/encoder':>14}{'click ms':>10}")
+    for name, batch, b, a, m, ratio, ms in rows:
+        click = f"{ms:>10.1f}" if ms is not None else f"{'-':>10}"
+        print(f"{name:<22}{batch:>6}{b:>15.2f}{a:>12.2f}{m:>14.2f}{ratio:>14.2f}{click}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the chunk runner's stages hand each other: the work items, and the two bounded queues.
+"""What the chunk runner's stages hand each other: the work items, and the three bounded queues.
 
 A study or an instance in flight is one object shared by the stages (each stage writes its own
 fields); markers keep the stages in step, so the writer sees every study and instance in input order.
@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from pipeline.inference import InstancePrediction
+from pipeline.inference import InstanceOutcome, InstancePrediction
 from pipeline.ingest import UsFrame, UsInstance
 from pipeline.run_tables import InstanceMetrics
 from pipeline.seg import WrittenSeg
 from pipeline.studies import FetchedStudy, StudyRef
 from pipeline.study_processing import StudyOutcome
 
-RESULT_QUEUE_ITEMS = 4  # predicted instances (and study markers) waiting for the writer
+RESULT_QUEUE_ITEMS = 4  # predicted instances (and study markers) waiting for the SEG writer
+WRITTEN_QUEUE_ITEMS = 8  # written instances (rows, SEG paths; no masks) waiting for the recorder
 POLL_S = 0.2  # how often a blocked stage looks whether another stage has stopped the chunk
 
 
@@ -77,6 +78,12 @@ class InstanceEnd:
 
 
 @dataclass(frozen=True)
+class InstanceWritten:
+    item: InstanceWork
+    outcome: InstanceOutcome
+
+
+@dataclass(frozen=True)
 class StudyEnd:
     study: StudyWork
 
@@ -89,11 +96,12 @@ class Stopped(Exception):
 
 
 class Pipe:
-    """The two queues and the stop signal; every wait looks at the signal, so no stage blocks forever."""
+    """The three queues and the stop signal; every wait looks at the signal, so no stage blocks forever."""
 
     def __init__(self, batch_size: int) -> None:
         self.frames: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_size))
         self.results: queue.Queue = queue.Queue(maxsize=RESULT_QUEUE_ITEMS)
+        self.written: queue.Queue = queue.Queue(maxsize=WRITTEN_QUEUE_ITEMS)
         self.stop = threading.Event()
         self.failure: BaseException | None = None
 

@@ -1,18 +1,20 @@
 """A chunk of a night (a few studies) through the model, with the I/O around it overlapped.
 
-Three stages joined by two bounded queues, so the model never waits for a fetch, a decode or a store
-that could have happened while it was working:
+Four stages joined by three bounded queues, so the model never waits for a fetch, a decode, a SEG
+or a store that could have happened while it was working:
 
     reader (thread)   fetch (transient PACS errors tried again), ingest, ask the ledger, decode frames
         -> frame queue: at most 2 x batch_size items (decoded frames, and study/instance markers)
     model (the caller's thread)   batches of batch_size frames, frames of several instances sharing a
         batch; one model call per batch, inside `batch_guard` (the GPU slot)
-        -> result queue: at most RESULT_QUEUE_ITEMS items (predicted instances, study markers)
-    writer (thread)   SEG write, then the study's recorder (ledger, then sink or outbox), in input order
+        -> result queue: at most RESULT_QUEUE_ITEMS (4) items (predicted instances, study markers)
+    SEG writer (thread)   builds and writes each SEG (or the instance's failure row); masks freed
+        -> written queue: at most WRITTEN_QUEUE_ITEMS (8) items (rows and SEG paths, no pixels)
+    recorder (thread)   rows, then the study's recorder (ledger, then sink or outbox), in input order
 
-Memory stays flat whatever the chunk's size: the decoded frames of the frame queue and of one batch,
-the masks of the instances between the model and the writer (at most batch_size + RESULT_QUEUE_ITEMS
-+ 2), and the staging folders of the studies in flight (at most the queues' items + 3).
+Memory stays flat whatever the chunk's size: the decoded frames of the frame queue and of one batch
+(3 x batch_size + 1), the masks of at most batch_size + RESULT_QUEUE_ITEMS + 2 instances, and the
+staging folders of the studies that have an item in a queue.
 
 Per instance the semantics are process_study's: the ledger is asked before decoding and told as each
 instance settles, so a crash loses at most the instances in flight and nothing is stored twice; bad
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.chunk_pipe import Pipe, Recorder, StudyWork, run_guarded
-from pipeline.chunk_stages import ModelStage, WriterStage, read_studies
+from pipeline.chunk_stages import ModelStage, RecordStage, SegStage, read_studies
 from pipeline.inference import BatchGuard, SegmentationModel, seg_algorithm_for
 from pipeline.ledger import Ledger
 from pipeline.pacs import Outbox, PacsSettings, open_archive
@@ -110,10 +112,12 @@ def run_chunk(settings: PacsSettings, refs: Sequence[StudyRef], checkpoint: str 
     pipe = Pipe(batch_size)
     in_flight: list[StudyWork] = []
     model_stage = ModelStage(model, mode, batch_size, batch_guard, pipe)
-    writer_stage = WriterStage(SegWriter(algorithm), dry_run, pipe, on_study)
+    seg_stage = SegStage(SegWriter(algorithm), dry_run, pipe)
+    record_stage = RecordStage(algorithm, pipe, on_study)
     reader_args = (list(refs), archive, new_study, run_path.parent, fetch_retry_delays, pipe, in_flight)
     threads = [threading.Thread(target=run_guarded, args=(pipe, read_studies, *reader_args), name="chunk-reader"),
-               threading.Thread(target=run_guarded, args=(pipe, writer_stage.run), name="chunk-writer")]
+               threading.Thread(target=run_guarded, args=(pipe, seg_stage.run), name="chunk-seg-writer"),
+               threading.Thread(target=run_guarded, args=(pipe, record_stage.run), name="chunk-recorder")]
     for thread in threads:
         thread.start()
     try:
@@ -127,8 +131,8 @@ def run_chunk(settings: PacsSettings, refs: Sequence[StudyRef], checkpoint: str 
     if pipe.failure is not None:
         raise pipe.failure
     seconds = time.perf_counter() - start
-    result = ChunkResult(studies=writer_stage.results, study_errors=writer_stage.errors,
-                         frames=sum(r.frames for r in writer_stage.results), seconds=seconds,
+    result = ChunkResult(studies=record_stage.results, study_errors=record_stage.errors,
+                         frames=sum(r.frames for r in record_stage.results), seconds=seconds,
                          model_seconds=model_stage.seconds, model_calls=model_stage.calls)
     log.info("chunk of %d studies: %d finished, %d failed, %d frames in %.1f s, model busy %.0f %% (%d calls)",
              len(refs), len(result.studies), len(result.study_errors), result.frames, seconds,

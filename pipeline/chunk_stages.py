@@ -1,5 +1,6 @@
-"""The chunk runner's three stages: reader (fetch, ingest, ledger, decode), model (batches across
-instances, one guarded call each) and writer (SEG, then ledger and sink), joined by `chunk_pipe.Pipe`."""
+"""The chunk runner's four stages: reader (fetch, ingest, ledger, decode), model (batches across
+instances, one guarded call each), SEG writer and recorder (rows, ledger and sink), joined by
+`chunk_pipe.Pipe`."""
 from __future__ import annotations
 
 import logging
@@ -8,13 +9,14 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.chunk_pipe import (END, FrameWork, InstanceEnd, InstanceWork, Pipe, StudyEnd, StudyStart, StudyWork,
-                                 Stopped, is_fatal)
-from pipeline.inference import BatchGuard, InstancePrediction, SegmentationModel, failed_instance, write_instance
+from pipeline.chunk_pipe import (END, FrameWork, InstanceEnd, InstanceWork, InstanceWritten, Pipe, StudyEnd,
+                                 StudyStart, StudyWork, Stopped, is_fatal)
+from pipeline.inference import (BatchGuard, InstanceOutcome, InstancePrediction, SegmentationModel, failed_instance,
+                                write_instance)
 from pipeline.ingest import ingest_fetched, iter_frames
 from pipeline.pacs import Archive, PacsError
 from pipeline.run_tables import InstanceMetrics, RowStatus
-from pipeline.seg import SegWriter, WrittenSeg
+from pipeline.seg import SegAlgorithm, SegWriter, WrittenSeg
 from pipeline.staging import study_staging
 from pipeline.studies import FetchedStudy, StudyRef
 from pipeline.study_processing import StudyOutcome, StudyResult
@@ -148,28 +150,53 @@ class ModelStage:
                 f.item.error = exc
 
 
-class WriterStage:
-    """SEG write and bookkeeping, study by study in input order; the only stage that records."""
+class SegStage:
+    """Writes each predicted instance's SEG (or its failure row) and lets its masks go, in input order."""
 
-    def __init__(self, writer: SegWriter, dry_run: bool, pipe: Pipe,
+    def __init__(self, writer: SegWriter, dry_run: bool, pipe: Pipe) -> None:
+        self.writer, self.dry_run, self.pipe = writer, dry_run, pipe
+
+    def run(self) -> None:
+        while (item := self.pipe.get(self.pipe.results)) is not END:
+            if isinstance(item, InstanceEnd):
+                item = InstanceWritten(item.item, self._write(item.item))
+            self.pipe.put(self.pipe.written, item)
+        self.pipe.put(self.pipe.written, END)
+
+    def _write(self, item: InstanceWork) -> InstanceOutcome:
+        prediction, item.prediction = item.prediction, None  # the masks go as soon as the SEG is written
+        if item.error is not None:
+            return failed_instance(item.instance, item.error, self.writer, item.started)
+        if prediction is None:
+            prediction = InstancePrediction(item.instance, len(self.writer.algorithm.class_names))
+        item.study.seg_dir.mkdir(parents=True, exist_ok=True)
+        return write_instance(item.instance, prediction.masks, prediction.first_box, prediction.confidence,
+                              self.writer, item.study.seg_dir, self.dry_run, item.started)
+
+
+class RecordStage:
+    """The night's bookkeeping, study by study in input order, and the only stage that records: each
+    instance's row and the study's recorder (ledger, then sink or outbox), then the study's result."""
+
+    def __init__(self, algorithm: SegAlgorithm, pipe: Pipe,
                  on_study: Callable[[StudyRef, StudyResult | None, str | None], None] | None) -> None:
-        self.writer, self.dry_run, self.pipe, self.on_study = writer, dry_run, pipe, on_study
+        self.algorithm, self.pipe, self.on_study = algorithm, pipe, on_study
         self.results: list[StudyResult] = []
         self.errors: dict[str, str] = {}
 
     def run(self) -> None:
-        while (item := self.pipe.get(self.pipe.results)) is not END:
+        while (item := self.pipe.get(self.pipe.written)) is not END:
             if isinstance(item, StudyEnd):
                 self._end(item.study)  # failing to close a study's books fails the chunk
                 continue
-            study = item.item.study if isinstance(item, InstanceEnd) else item.study
+            study = item.item.study if isinstance(item, InstanceWritten) else item.study
             if study.error is not None:
                 continue
             try:
                 if isinstance(item, StudyStart):
                     self._start(study)
                 else:
-                    self._settle(item.item)
+                    self._settle(study, item.outcome)
             except Exception as exc:  # noqa: BLE001 - a study that cannot be recorded fails alone
                 if is_fatal(exc):
                     raise
@@ -182,19 +209,9 @@ class WriterStage:
     def _start(self, study: StudyWork) -> None:
         study.outcome = StudyOutcome(study.ref.study_uid)
         for issue in study.issues:
-            self._keep(study, InstanceMetrics.for_issue(issue, self.writer.algorithm), None)
+            self._keep(study, InstanceMetrics.for_issue(issue, self.algorithm), None)
 
-    def _settle(self, item: InstanceWork) -> None:
-        study, prediction = item.study, item.prediction
-        if item.error is not None:
-            result = failed_instance(item.instance, item.error, self.writer, item.started)
-        else:
-            if prediction is None:
-                prediction = InstancePrediction(item.instance, len(self.writer.algorithm.class_names))
-            study.seg_dir.mkdir(parents=True, exist_ok=True)
-            result = write_instance(item.instance, prediction.masks, prediction.first_box, prediction.confidence,
-                                    self.writer, study.seg_dir, self.dry_run, item.started)
-        item.prediction = None  # the masks go as soon as the SEG is written
+    def _settle(self, study: StudyWork, result: InstanceOutcome) -> None:
         study.outcome.frames += result.n_frames if result.row.status == RowStatus.OK.value else 0
         self._keep(study, result.row, result.seg)
 

@@ -65,3 +65,33 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tu
     img = _photometric(img, rng).astype(np.uint8)
     img = img[..., 0] if image.ndim == 2 else img
     return img, m > 0.5
+
+
+def jitter_refiner_input(image: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Fresh per-step changes of the refiner's grey input (N, 1, S, S), in place of re-encoding.
+
+    The encoder's features come from a few cached augmented copies, but the refiner also reads the
+    pixels themselves, and with 10 images it learns their exact grey levels and speckle. Every step
+    each row gets its own grey curve (gamma), depth-dependent gain, multiplicative speckle and
+    sometimes a blur, mapped back into the row's value range. The padding (0 after normalisation)
+    changes with the rest, so the refiner cannot key on its exact value. strength 0 returns the input
+    unchanged.
+    """
+    if strength <= 0:
+        return image
+    n, device = image.shape[0], image.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator)).to(device)
+
+    low = image.amin(dim=(1, 2, 3), keepdim=True)
+    span = (image.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-6)
+    x = (image - low) / span
+    x = x.clamp(0, 1) ** torch.exp(uniform(-0.5, 0.5) * strength)  # gamma 0.6 .. 1.65
+    depth = torch.linspace(-0.5, 0.5, image.shape[-2], device=device)[None, None, :, None]
+    x = x * (1 + uniform(-0.6, 0.6) * strength * depth)  # time-gain compensation
+    noise = torch.randn(image.shape, generator=generator).to(device)
+    x = x * (1 + uniform(0.0, 0.25) * strength * noise)  # speckle
+    blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    x = torch.where(uniform(0, 1) < 0.3, blurred, x)
+    return low + x.clamp(0, 1.5) * span

@@ -21,6 +21,7 @@ from torch import nn
 from .backbones.base import Backbone, DecoderOutput, FeaturePyramid, ImageGeometry
 from .batched_decode import DecodedRows, Prediction, cat_pyramids, predictions_from_rows
 from .ppn import PPNConfig, PPNOutput, build_ppn
+from .mask_box import DEFAULT_MARGIN_PX, boxes_from_logits
 from .refine import MaskRefiner, RefinerConfig, click_maps
 
 Mode = Literal["auto", "semi", "manual"]
@@ -86,6 +87,7 @@ def _image_key(image: np.ndarray) -> str:
 class EncodedImage:
     features: FeaturePyramid  # one row
     geometry: ImageGeometry
+    auto_boxes: torch.Tensor | None = None  # (C, 4) the second-pass boxes, computed on first use
 
 
 @dataclass
@@ -121,6 +123,8 @@ class Sam2Rad(nn.Module):
         self._cache: OrderedDict[str, EncodedImage] = OrderedDict()
         self.encoder_calls = 0  # images encoded so far (the semi-mode contract is checked on it)
         self.mask_threshold = 0.0
+        # auto and semi prompt the decoder twice: the second time with the first mask's extent.
+        self.box_from_mask_margin_px: float | None = DEFAULT_MARGIN_PX
         self.logit_dropout = 0.0  # set by the Trainer (TrainConfig.refiner_logit_dropout); never saved
 
     @property
@@ -335,8 +339,17 @@ class Sam2Rad(nn.Module):
                                  align_corners=False)
         return points, box, mask
 
+    def _mask_boxes(self, out: ForwardOutput) -> torch.Tensor | None:
+        """Second-pass box prompts from a first pass's masks (None when the model does not cascade)."""
+        if self.box_from_mask_margin_px is None:
+            return None
+        return boxes_from_logits(out.logits, self.backbone.input_size, self.box_from_mask_margin_px)
+
     def _decode_auto(self, feats: FeaturePyramid) -> DecodedRows:
         out = self(feats)
+        boxes = self._mask_boxes(out)
+        if boxes is not None:  # prompt again with the first mask's own extent (sam2rad/mask_box.py)
+            out = self(feats, boxes_px=boxes)
         c = self.num_classes
         return DecodedRows(image_index=[i for i in range(feats.batch_size) for _ in range(c)],
                            class_index=list(range(c)) * feats.batch_size, logits=out.logits, iou=out.iou,
@@ -356,7 +369,9 @@ class Sam2Rad(nn.Module):
                 rows.append((k, out, out.low_res_logits, no_box if box is None else box))
         else:
             ppn_out = self.ppn(enc.features)
-            sparse, dense, box_px = self.prompts_from_ppn(ppn_out)
+            if enc.auto_boxes is None and self.box_from_mask_margin_px is not None:
+                enc.auto_boxes = self._mask_boxes(self(enc.features))  # once per encoding, not per click
+            sparse, dense, box_px = self.prompts_from_ppn(ppn_out, enc.auto_boxes)
             for k in range(self.num_classes):
                 s_k, d_k, pts = sparse[k:k + 1], dense[k:k + 1], None
                 p = by_class.get(k)

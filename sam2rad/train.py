@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .augment import augment
+from .augment import augment, jitter_refiner_input
 from .backbones.base import FeaturePyramid
 from .clicks import error_click, training_click
 from .data.datasets import Sample
@@ -49,11 +49,14 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
-    augment_copies: int = 4  # encoded versions of each training image (copy 0 is the original)
+    augment_copies: int = 8  # encoded versions of each training image (copy 0 is the original)
     gt_box_fraction: float = 0.25  # rows trained with the ground-truth box (semi mode)
     box_jitter_px: float = 3.0
+    gt_box_margin_px: float = 0.0  # ground-truth boxes grown by this much, like the boxes auto mode takes from its first mask
     click_fraction: float = 0.25  # rows trained with simulated reader clicks (semi mode)
     click_rounds: int = 3  # up to this many successive clicks, each on the current prediction's largest error
+    refiner_logit_dropout: float = 0.0  # rows whose decoder logits the refiner does not see in training
+    refiner_jitter: float = 1.0  # strength of fresh grey-level changes of the refiner's input each step (0: none)
     val_every: int = 10
     seed: int = 0
     cache: str = "memory"  # "memory", "disk" or "none" (re-encode every epoch; for benchmarks)
@@ -136,7 +139,9 @@ class Trainer:
                                             checkpoint=cfg.backbone_checkpoint, input_size=cfg.input_size,
                                             pretrained=pretrained)
         self.model.to(self.device)
+        self.model.logit_dropout = cfg.refiner_logit_dropout
         self.cache = FeatureCache(self.model, cfg.cache, cfg.cache_dir)
+        self._jitter_rng = torch.Generator().manual_seed(cfg.seed)
         self.log = log or (lambda msg: None)
 
     def _example(self, sample: Sample, index: int, copy: int, seed: int, tag: str) -> CachedExample:
@@ -161,6 +166,9 @@ class Trainer:
     def _batch(self, batch: list[CachedExample], rng: np.random.Generator
                ) -> tuple[FeaturePyramid, Targets, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
         feats = cat_pyramids([e.features for e in batch], self.device)
+        if self.cfg.refiner_jitter > 0 and feats.image is not None:
+            feats = replace(feats, image=jitter_refiner_input(feats.image, self._jitter_rng,
+                                                                          self.cfg.refiner_jitter))
         masks = [m for e in batch for m in e.target]  # rows image-major, class-minor
         targets = make_targets(masks)
         boxes = None
@@ -169,6 +177,8 @@ class Trainer:
         use_gt = rng.random(n) < self.cfg.gt_box_fraction
         if use_gt.any():
             gt = targets.boxes_px(size).clone()
+            margin = self.cfg.gt_box_margin_px
+            gt = (gt + torch.tensor([-margin, -margin, margin, margin])).clamp(0, float(size))
             gt += torch.as_tensor(rng.normal(0, self.cfg.box_jitter_px, gt.shape), dtype=torch.float32)
             gt[~torch.as_tensor(use_gt)] = float("nan")
             boxes = gt.to(self.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections import deque
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext, get_run_context
-from prefect.states import Failed, State
+from prefect.futures import PrefectFuture
+from prefect.states import Failed
 
 from flows.runtime import default_device, ensure_gpu_limit, gpu_slot, load_model
 from pipeline.chunk_runner import ChunkResult, run_chunk
@@ -32,7 +34,8 @@ from pipeline.study_processing import StudyResult
 from pipeline.us_records import IngestLimits
 
 SUMMARY_ARTIFACT = "sam2rad-nightly-summary"
-DEFAULT_STUDIES_PER_CHUNK = 16  # fewer, longer chunks: each chunk start and end leaves the model idle a moment
+DEFAULT_STUDIES_PER_CHUNK = 16
+CHUNKS_IN_FLIGHT = 2  # the next chunk starts while one finishes (model calls stay one at a time: the gpu slot)
 
 
 class StudiesFailed(RuntimeError):
@@ -133,8 +136,11 @@ def segment_chunk(settings: PacsSettings, sink_settings: PacsSettings, refs: lis
     return result
 
 
-def _chunk_results(state: State, refs: list[StudyRef]) -> tuple[list[StudyResult], dict[str, str]]:
-    """A finished chunk's studies and study errors; a chunk that failed as a whole fails each of its studies."""
+def _chunk_results(refs: list[StudyRef], future: PrefectFuture) -> tuple[list[StudyResult], dict[str, str]]:
+    """A chunk's studies and study errors, once it has finished; a chunk that failed as a whole fails each
+    of its studies."""
+    future.wait()
+    state = future.state
     try:
         chunk: ChunkResult = state.result()
     except Exception as exc:  # noqa: BLE001 - one chunk's trouble must not end the night
@@ -161,7 +167,8 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     demo model. shard_index/shard_count split one night across several flow runs (one per worker).
     sink_kind: where SEGs go when that differs from the source (e.g. read a VNA folder, store to PACS).
     studies_per_chunk: studies per `segment-chunk` task (one task run, fetch/decode/store overlapped
-    with the model inside it); a chunk is also what a transient PACS error retries.
+    with the model inside it; two chunks run side by side); a chunk is also what a transient PACS
+    error retries, and what a MemoryError or a `gpu` slot timeout fails as a whole.
     """
     if mode != "auto":
         raise ValueError("the nightly flow runs without a reader: mode must be 'auto'")
@@ -195,15 +202,20 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     ensure_gpu_limit()
     results: list[StudyResult] = []
     study_errors: dict[str, str] = {}
-    for chunk in split_night(studies, studies_per_chunk):
+    chunks = split_night(studies, studies_per_chunk)
+    in_flight: deque[tuple[list[StudyRef], PrefectFuture]] = deque()
+    for i, chunk in enumerate(chunks):
         refs = list(chunk.studies)
-        state = segment_chunk(settings, sink_settings, refs, checkpoint, mode, batch_size, dry_run, str(run_dir),
-                              ledger_file, fingerprint, code_version(), return_state=True)
-        finished, errors = _chunk_results(state, refs)
-        results += finished
-        study_errors |= errors
-        for uid, error in errors.items():
-            logger.error("study %s failed: %s", uid, error)
+        in_flight.append((refs, segment_chunk.submit(settings, sink_settings, refs, checkpoint, mode, batch_size,
+                                                     dry_run, str(run_dir), ledger_file, fingerprint, code_version())))
+        # Two chunks side by side: one fetches and decodes while the other drains, so the model is not idle
+        # between chunks (its calls stay one at a time: the gpu slot, and one lock per model object).
+        while in_flight and (len(in_flight) >= CHUNKS_IN_FLIGHT or i == len(chunks) - 1):
+            finished, errors = _chunk_results(*in_flight.popleft())
+            results += finished
+            study_errors |= errors
+    for uid, error in study_errors.items():
+        logger.error("study %s failed: %s", uid, error)
 
     rows = [row for result in results for row in result.rows]
     tables = write_tables(rows, run_dir, "nightly") if rows else None

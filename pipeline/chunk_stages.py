@@ -72,6 +72,17 @@ def read_studies(refs: Sequence[StudyRef], archive: Archive, new_study: Callable
     pipe.put(pipe.frames, END)
 
 
+_model_locks: dict[int, threading.Lock] = {}
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model: object) -> threading.Lock:
+    """One call at a time per model object, whatever the `gpu` slots: chunks running side by side in
+    one process share the model, and a model (its encoding cache) is not assumed thread-safe."""
+    with _model_locks_guard:
+        return _model_locks.setdefault(id(model), threading.Lock())
+
+
 class ModelStage:
     """Batches frames across instances; one guarded model call per batch. Markers that follow a frame
     still in the batch wait for its flush, so the writer sees everything in input order."""
@@ -124,7 +135,7 @@ class ModelStage:
             owner.error = exc
 
     def _predict(self, frames: list[FrameWork]) -> list:
-        with self.batch_guard():
+        with model_lock(self.model), self.batch_guard():
             start = time.perf_counter()
             try:
                 preds = self.model.predict([f.frame.model_input for f in frames], self.mode)

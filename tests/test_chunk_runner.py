@@ -1,5 +1,6 @@
 """The overlapped chunk runner (pipeline/chunk_runner.py), without Prefect: the same rows and SEGs as the
-serial path, in order; bounded queues; one bad study or instance fails alone; every instance recorded once."""
+serial path, in order; bounded queues; one bad study or instance fails alone; every instance recorded once.
+Last, the nightly flow (Prefect local mode) on several chunks, one of which fails as a whole."""
 from __future__ import annotations
 
 import datetime as dt
@@ -260,3 +261,45 @@ def test_a_chunk_result_round_trips_through_prefects_json_serializer(tmp_path):
     serializer = JSONSerializer()
     back = serializer.loads(serializer.dumps(result))
     assert back == result and isinstance(back, ChunkResult)
+
+
+_NIGHT = """
+import json
+import numpy as np
+from flows.runtime import default_device, load_model
+from tests.fake_models import prediction
+
+def predict(images, mode="auto"):  # instant; an image 70 columns wide stands for a GPU that never frees a slot
+    if any(np.asarray(im).shape[1] == 70 for im in images):
+        raise TimeoutError("no gpu slot")
+    return [prediction(np.asarray(im) > 128, (0.0, 0.0, 4.0, 4.0), 0.9) for im in images]
+
+load_model(None, default_device()).predict = predict  # the flow's own cached model
+from flows.nightly import StudiesFailed, nightly
+try:
+    s = nightly(inbox={inbox!r}, outbox={outbox!r}, start_date="2026-01-01", output_dir={runs!r}, studies_per_chunk=1)
+except StudiesFailed as exc:
+    s = exc.summary
+print("NIGHT", json.dumps({{k: s[k] for k in ("studies", "succeeded", "stored", "study_errors")}}))
+"""
+
+
+def test_the_nightly_flow_runs_chunks_side_by_side_and_a_failed_chunk_fails_its_studies(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    studies = write_archive(tmp_path / "inbox", studies=4, odd_one=(2, 1))
+    script = _NIGHT.format(inbox=str(tmp_path / "inbox"), outbox=str(tmp_path / "outbox"), runs=str(tmp_path / "runs"))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert "NIGHT " in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    night = json.loads(out.stdout.split("NIGHT ", 1)[1].splitlines()[0])
+    assert night["studies"] == 4 and list(night["study_errors"]) == [studies[2]]
+    assert "no gpu slot" in night["study_errors"][studies[2]]
+    assert night["succeeded"] == night["stored"] == 9  # the three other studies, four chunks of one study
+    ledger = Ledger(tmp_path / "runs" / "ledger.sqlite")
+    assert sum(ledger.counts().values()) == 9 and ledger.counts().get("done") == 9

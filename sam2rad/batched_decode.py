@@ -42,12 +42,16 @@ class DecodedRows:
 
 def cat_pyramids(items: Sequence[FeaturePyramid], device: torch.device | str = "cpu") -> FeaturePyramid:
     """One batch from one-row pyramids (cached encodings, training examples)."""
+    def join(tensors: list[torch.Tensor]) -> torch.Tensor:
+        # One image is used as it is: a CPU copy of tens of MB (fresh pages) costs more than it seems.
+        return (tensors[0] if len(tensors) == 1 else torch.cat(tensors)).to(device)
+
     return FeaturePyramid(
-        torch.cat([p.image_embedding for p in items]).to(device),
-        [torch.cat([p.levels[i] for p in items]).to(device) for i in range(len(items[0].levels))],
+        join([p.image_embedding for p in items]),
+        [join([p.levels[i] for p in items]) for i in range(len(items[0].levels))],
         None if items[0].high_res is None else
-        [torch.cat([p.high_res[i] for p in items]).to(device) for i in range(len(items[0].high_res))],
-        None if items[0].image is None else torch.cat([p.image for p in items]).to(device),
+        [join([p.high_res[i] for p in items]) for i in range(len(items[0].high_res))],
+        None if items[0].image is None else join([p.image for p in items]),
     )
 
 
@@ -69,8 +73,10 @@ def predictions_from_rows(rows: DecodedRows, geometries: Sequence[ImageGeometry]
     for r, i in enumerate(rows.image_index):
         by_geometry.setdefault(geometries[i], []).append(r)
     for geom, idx in by_geometry.items():
-        index = torch.as_tensor(idx, device=rows.logits.device)
-        masks = (backbone.postprocess(rows.logits.index_select(0, index), geom) > threshold).cpu().numpy()
+        logits = rows.logits
+        if idx != list(range(len(logits))):  # only some rows have this geometry
+            logits = logits.index_select(0, torch.as_tensor(idx, device=logits.device))
+        masks = (backbone.postprocess(logits, geom) > threshold).cpu().numpy()
         for mask, r in zip(masks, idx):
             pred, k = preds[rows.image_index[r]], rows.class_index[r]
             pred.masks[k] = mask & bool(small[r, 1])

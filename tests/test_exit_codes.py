@@ -69,3 +69,14 @@ def test_segment_exits_1_for_bad_inputs_and_still_writes_the_good_seg(tmp_path):
     assert "Traceback" not in text and "does not exist" not in text
     assert "truncated" in text and "BitsAllocated is missing" in text and "not_regular_file" in text
     assert len(list((tmp_path / "segs").glob("*.dcm"))) == 1
+
+
+def test_run_nightly_dispatch_pool_without_a_server_is_a_usage_error(monkeypatch, tmp_path):
+    """--dispatch pool hands chunks to the GPU pool's workers: without a Prefect server it cannot, and says so."""
+    from flows.cli import app
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = CliRunner().invoke(app, ["run-nightly", "--dispatch", "pool", "--inbox", str(tmp_path)])
+    assert result.exit_code == 2 and "needs a Prefect server" in result.output
+    result = CliRunner().invoke(app, ["run-nightly", "--dispatch", "shards", "--inbox", str(tmp_path)])
+    assert result.exit_code == 2 and "must be local or pool" in result.output

@@ -42,8 +42,11 @@ def run_nightly(
     dry_run: bool = typer.Option(False, help="Segment but write, store and record nothing."),
     output_dir: str = typer.Option("runs", help="Where run folders (tables, SEG copies) and the ledger go."),
     ledger_path: Optional[str] = typer.Option(None, help="SQLite ledger (default: <output-dir>/ledger.sqlite)."),
+    dispatch: str = typer.Option("local", help="local: this process runs the night, chunk by chunk. pool: split the "
+                                 "night into chunks that free workers of the GPU work pool pull (needs PREFECT_API_URL "
+                                 "and the sam2rad-chunk/chunk deployment; see deploy/README.md)."),
 ) -> None:
-    """Run the nightly flow once, now, in this process (Prefect local mode unless PREFECT_API_URL is set).
+    """Run the nightly flow once, now (Prefect local mode unless PREFECT_API_URL is set).
 
     Exit status: 0 every instance found was segmented (or skipped as not an ultrasound image); 1 the
     night finished but some instances or studies failed (see the headline, the run tables and the
@@ -51,10 +54,20 @@ def run_nightly(
     """
     from flows.nightly import StudiesFailed, nightly
 
+    if dispatch not in ("local", "pool"):
+        fail(f"--dispatch must be local or pool, got {dispatch!r}")
+    if dispatch == "pool":
+        from flows.runtime import uses_prefect_server
+
+        if not uses_prefect_server():
+            fail("--dispatch pool needs a Prefect server (PREFECT_API_URL) with workers on the GPU pool")
+        from flows.dispatch import dispatch_night as run_night
+    else:
+        run_night = nightly
     try:
-        summary = nightly(inbox=inbox, outbox=outbox, source_kind=source_kind, start_date=start_date,
-                          end_date=end_date, checkpoint=checkpoint, batch_size=batch_size, dry_run=dry_run,
-                          output_dir=output_dir, ledger_path=ledger_path)
+        summary = run_night(inbox=inbox, outbox=outbox, source_kind=source_kind, start_date=start_date,
+                            end_date=end_date, checkpoint=checkpoint, batch_size=batch_size, dry_run=dry_run,
+                            output_dir=output_dir, ledger_path=ledger_path)
     except StudiesFailed as exc:  # data problems: the night finished, its summary says what failed
         summary = exc.summary
     except Exception as exc:  # noqa: BLE001 - the flow already logged the details

@@ -204,13 +204,15 @@ class Sam2Rad(nn.Module):
         return sparse, dense, box_px
 
     def forward(self, features: FeaturePyramid, boxes_px: torch.Tensor | None = None,
-                clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> ForwardOutput:
+                clicks: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ppn_out: PPNOutput | None = None) -> ForwardOutput:
         """Training/auto path, one row per (image, class).
 
         clicks: (coords (N, P, 2) in model pixels, labels (N, P)); label -1 marks no click. Clicked
         rows are decoded as semi mode decodes them: [points, box, extra tokens].
+        ppn_out: the PPN's output on these features, where a first pass already has it.
         """
-        ppn_out = self.ppn(features)
+        ppn_out = self.ppn(features) if ppn_out is None else ppn_out
         sparse, dense, box_px = self.prompts_from_ppn(ppn_out, boxes_px)
         rows = self._class_rows(features.batch_size)
         feats = features.select(rows) if self.num_classes > 1 else features
@@ -349,7 +351,7 @@ class Sam2Rad(nn.Module):
         out = self(feats)
         boxes = self._mask_boxes(out)
         if boxes is not None:  # prompt again with the first mask's own extent (sam2rad/mask_box.py)
-            out = self(feats, boxes_px=boxes)
+            out = self(feats, boxes_px=boxes, ppn_out=out.ppn)  # the same features: the same PPN output
         c = self.num_classes
         return DecodedRows(image_index=[i for i in range(feats.batch_size) for _ in range(c)],
                            class_index=list(range(c)) * feats.batch_size, logits=out.logits, iou=out.iou,
@@ -370,7 +372,8 @@ class Sam2Rad(nn.Module):
         else:
             ppn_out = self.ppn(enc.features)
             if enc.auto_boxes is None and self.box_from_mask_margin_px is not None:
-                enc.auto_boxes = self._mask_boxes(self(enc.features))  # once per encoding, not per click
+                # once per encoding, not per click
+                enc.auto_boxes = self._mask_boxes(self(enc.features, ppn_out=ppn_out))
             sparse, dense, box_px = self.prompts_from_ppn(ppn_out, enc.auto_boxes)
             for k in range(self.num_classes):
                 s_k, d_k, pts = sparse[k:k + 1], dense[k:k + 1], None

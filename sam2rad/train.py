@@ -24,6 +24,7 @@ import torch
 from .augment import augment, jitter_refiner_input
 from .backbones.base import FeaturePyramid
 from .clicks import error_click, training_click
+from .mask_box import boxes_from_logits
 from .data.datasets import Sample
 from .feature_cache import CachedExample, FeatureCache, cat_pyramids
 from .losses import LossWeights, Targets, make_targets, mask_to_model_space, sam2rad_loss
@@ -55,6 +56,9 @@ class TrainConfig:
     gt_box_margin_px: float = 0.0  # ground-truth boxes grown by this much, like the boxes auto mode takes from its first mask
     click_fraction: float = 0.25  # rows trained with simulated reader clicks (semi mode)
     click_rounds: int = 3  # up to this many successive clicks, each on the current prediction's largest error
+    # Rows (without a ground-truth box) prompted with the box of the model's own first mask, as auto's
+    # second pass and semi's clicks are at inference (sam2rad/mask_box.py); clicked rows always are.
+    mask_box_fraction: float = 0.5
     refiner_logit_dropout: float = 0.0  # rows whose decoder logits the refiner does not see in training
     refiner_jitter: float = 1.0  # strength of fresh grey-level changes of the refiner's input each step (0: none)
     val_every: int = 10
@@ -87,7 +91,7 @@ class TrainConfig:
             raise ValueError(f"cache must be memory, disk or none, got {self.cache!r}")
         if self.cache == "disk" and not self.cache_dir:
             raise ValueError("cache='disk' needs cache_dir")
-        for name in ("gt_box_fraction", "click_fraction"):
+        for name in ("gt_box_fraction", "click_fraction", "mask_box_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.epochs < 1 or self.batch_size < 1 or self.augment_copies < 1 or self.val_every < 1:
@@ -171,20 +175,35 @@ class Trainer:
                                                                           self.cfg.refiner_jitter))
         masks = [m for e in batch for m in e.target]  # rows image-major, class-minor
         targets = make_targets(masks)
-        boxes = None
         n = len(targets.present)
         size = self.model.backbone.input_size
+        boxes = torch.full((n, 4), float("nan"), device=self.device)  # NaN rows: the PPN's own box
         use_gt = rng.random(n) < self.cfg.gt_box_fraction
         if use_gt.any():
             gt = targets.boxes_px(size).clone()
             margin = self.cfg.gt_box_margin_px
             gt = (gt + torch.tensor([-margin, -margin, margin, margin])).clamp(0, float(size))
             gt += torch.as_tensor(rng.normal(0, self.cfg.box_jitter_px, gt.shape), dtype=torch.float32)
-            gt[~torch.as_tensor(use_gt)] = float("nan")
-            boxes = gt.to(self.device)
+            keep = torch.as_tensor(use_gt, device=self.device)
+            boxes[keep] = gt.to(self.device)[keep]
         use_click = rng.random(n) < self.cfg.click_fraction
+        use_mask_box = ~use_gt & (use_click | (rng.random(n) < self.cfg.mask_box_fraction))
+        if use_mask_box.any() and self.model.box_from_mask_margin_px is not None:
+            boxes = self._with_mask_boxes(feats, boxes, torch.as_tensor(use_mask_box, device=self.device))
+        if torch.isnan(boxes).all():
+            boxes = None
         clicks = self._simulate_clicks(feats, boxes, masks, np.nonzero(use_click)[0], rng) if use_click.any() else None
         return feats, targets, boxes, clicks
+
+    @torch.no_grad()
+    def _with_mask_boxes(self, feats: FeaturePyramid, boxes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`boxes` with `rows` replaced by the extent of the current model's first-pass mask (+ margin),
+        the box auto's second pass and semi's clicks get at inference; rows whose mask is empty keep theirs."""
+        first = self.model(feats, boxes)
+        mask_boxes = boxes_from_logits(first.logits, self.model.backbone.input_size,
+                                       self.model.box_from_mask_margin_px)
+        take = rows & ~torch.isnan(mask_boxes).any(dim=1)
+        return torch.where(take[:, None], mask_boxes, boxes)
 
     @torch.no_grad()
     def _simulate_clicks(self, feats: FeaturePyramid, boxes: torch.Tensor | None, masks: list[np.ndarray],

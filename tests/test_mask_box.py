@@ -57,3 +57,33 @@ def test_refiner_jitter_changes_grey_levels_within_each_rows_range():
     again = jitter_refiner_input(image, torch.Generator().manual_seed(0), 1.0)
     assert torch.equal(out, again)  # deterministic for a seed
     assert torch.equal(jitter_refiner_input(image, gen, 0.0), image)
+
+
+def test_training_prompts_chosen_rows_with_the_first_masks_box_and_keeps_the_others():
+    """Trainer._with_mask_boxes: the rows asked for get their first-pass mask's box (as auto's second
+    pass and semi's clicks get it at inference); ground-truth rows, unchosen rows and rows whose
+    first mask is empty keep the box they had."""
+    from types import SimpleNamespace
+
+    from sam2rad.train import Trainer
+
+    logits = torch.full((3, 1, 64, 64), -4.0)
+    logits[0, 0, 8:16, 8:24] = 2.0
+    logits[1, 0, 40:50, 30:40] = 2.0  # row 2's first mask is empty
+    seen = {}
+
+    def first_pass(feats, boxes):
+        seen["boxes"] = boxes.clone()
+        return SimpleNamespace(logits=logits)
+
+    model = SimpleNamespace(backbone=SimpleNamespace(input_size=256), box_from_mask_margin_px=4.0)
+    trainer = Trainer.__new__(Trainer)
+    trainer.model = lambda feats, boxes: first_pass(feats, boxes)
+    trainer.model.backbone, trainer.model.box_from_mask_margin_px = model.backbone, 4.0
+    nan = float("nan")
+    boxes = torch.tensor([[nan] * 4, [1.0, 2.0, 3.0, 4.0], [nan] * 4])  # row 1: a ground-truth box
+    out = trainer._with_mask_boxes(None, boxes, torch.tensor([True, False, True]))
+    assert out[0].tolist() == [8 * 4 - 4, 8 * 4 - 4, 24 * 4 + 4, 16 * 4 + 4]
+    assert out[1].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert torch.isnan(out[2]).all()  # empty first mask: the PPN's own box stays
+    assert torch.equal(torch.isnan(seen["boxes"]), torch.isnan(boxes))  # the first pass got the same prompts

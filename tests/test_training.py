@@ -36,8 +36,9 @@ def test_ten_image_training_lowers_loss_and_leaves_backbone(trained):
     trainer, result, before = trained
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 6
-    # After the warm-up the loss falls every epoch here; the last epoch is the lowest, by a margin.
-    assert losses[-1] == min(losses) and losses[-1] < 0.9 * losses[0], losses
+    # The loss falls: the lowest epoch is one of the last two, well below the first. (Rows prompted
+    # with the model's own first-mask box make the epoch losses a little noisy, so not strictly.)
+    assert min(losses[-2:]) == min(losses) and losses[-1] < 0.8 * losses[0], losses
     for name, value in trainer.model.backbone.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert [h["epoch"] for h in result.history if "val_dice" in h] == [3, 6]

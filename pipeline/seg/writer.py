@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ _PROCESSING_EQUIPMENT = hd.sr.CodedConcept("109102", "DCM", "Processing Equipmen
 SUPPORTED_SEGMENTATION_TYPES = (SegmentationTypeValues.BINARY, SegmentationTypeValues.LABELMAP)
 
 
+@functools.lru_cache(maxsize=1)  # reading package metadata costs ~1.5 ms, twice per SEG
 def _pipeline_version() -> str:
     try:
         return metadata.version("sam2rad-pipeline")

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 
-from flows.nightly import _settings
+from flows.night_setup import pacs_settings, sink_settings_for
 from flows.runtime import default_device, ensure_gpu_limit, gpu_slot, load_model
 from pipeline.chunk_runner import run_chunk
 from pipeline.inference import seg_algorithm_for
@@ -76,8 +76,8 @@ def segment_chunk(chunk: NightChunk, run_dir: str, ledger_path: str, inbox: str 
     ledger and in the chunk's journal. Submitted by the dispatcher; parameters as for the nightly flow."""
     logger = get_run_logger()
     run_path = Path(run_dir).resolve()
-    settings = _settings(source_kind, inbox, outbox, run_path.parent)  # PACS settings: this worker's env
-    sink_settings = settings if not sink_kind or sink_kind == source_kind else settings.replace(kind=sink_kind)
+    settings = pacs_settings(source_kind, inbox, outbox, run_path.parent)  # PACS settings: this worker's env
+    sink_settings = sink_settings_for(settings, source_kind, sink_kind)
     swept = sweep_stale_staging(run_path.parent)  # what a killed chunk on this host left behind
     model = load_model(checkpoint, default_device())  # once per worker process
     ensure_gpu_limit()

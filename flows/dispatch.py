@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import get_run_context
-from prefect.states import Failed
 
 from flows.chunk_watch import ChunkWatch, WatchLimits, WatchOutcome
 from flows.chunks import CHUNK_DEPLOYMENT
-from flows.nightly import SUMMARY_ARTIFACT, StudiesFailed, _settings, discover_studies, drain_previous_failures
+from flows.night_setup import prepare_night, publish_night
+from flows.night_tasks import discover_studies, drain_previous_failures
 from pipeline.ledger import Ledger
 from pipeline.night_chunks import NightChunk, NightRecords, night_records, read_attempts, split_night
-from pipeline.night_summary import night_summary, summary_markdown
-from pipeline.run_tables import study_metrics, write_rejected_table, write_tables
-from pipeline.staging import sweep_stale_staging
-from pipeline.studies import parse_window
-from pipeline.us_records import IngestLimits
+from pipeline.night_summary import night_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Larger than the in-process nightly's chunks: a pulled chunk pays a process start and a model load.
@@ -57,68 +50,40 @@ def dispatch_night(inbox: str | None = None, outbox: str | None = None, source_k
 
     Parameters as for the nightly flow, plus: studies_per_chunk, instances_per_chunk (the unit a free
     worker pulls: each chunk costs a flow-run process, its imports and the model load, about 11 s on a
-    2-core CPU host, so a chunk should hold minutes of device work); chunk_deployment; max_resubmits (how often a lost chunk runs again); heartbeat_timeout_s (a running
-    chunk without a flow-run heartbeat for this long has lost its worker; keep it over twice the
-    workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY); pending_timeout_s; poll_s.
+    2-core CPU host, so a chunk should hold minutes of device work); chunk_deployment; max_resubmits
+    (how often a lost chunk runs again); heartbeat_timeout_s (a running chunk without a flow-run
+    heartbeat for this long has lost its worker; keep it over twice the workers'
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY); pending_timeout_s; poll_s.
     """
     if mode != "auto":
         raise ValueError("the nightly flow runs without a reader: mode must be 'auto'")
     logger = get_run_logger()
-    start = time.perf_counter()
-    out = Path(output_dir).resolve()
-    settings = _settings(source_kind, inbox, outbox, out)
-    sink_settings = settings if not sink_kind or sink_kind == source_kind else settings.replace(kind=sink_kind)
-    window = parse_window(start_date, end_date)
-    IngestLimits().decoded_bytes_budget()  # a bad SAM2RAD_MAX_DECODED_BYTES fails the start, not each chunk
-    flow_run_id = str(get_run_context().flow_run.id)
-    run_dir = out / f"nightly-{window.start:%Y%m%d}-{window.end:%Y%m%d}-{flow_run_id[:8]}"
-    ledger_file = str(Path(ledger_path).resolve() if ledger_path else out / "ledger.sqlite")
-    Ledger(ledger_file)  # create it (and fail early if the path is unusable)
-    sweep_stale_staging(out)
+    night = prepare_night(source_kind, inbox, outbox, sink_kind, start_date, end_date, output_dir, ledger_path)
 
-    drained = 0 if dry_run else drain_previous_failures(sink_settings, ledger_file)
-    found, rejected = discover_studies(settings, start_date, end_date)
+    drained = 0 if dry_run else drain_previous_failures(night.sink_settings, night.ledger_file)
+    found, rejected = discover_studies(night.settings, start_date, end_date)
     chunks = split_night(found, studies_per_chunk, instances_per_chunk)
     logger.info("%d studies in %d chunks of up to %d studies, to %s", len(found), len(chunks), studies_per_chunk,
                 chunk_deployment)
-    night = {"run_dir": str(run_dir), "ledger_path": ledger_file, "inbox": inbox, "outbox": outbox,
-             "source_kind": source_kind, "sink_kind": sink_kind, "checkpoint": checkpoint, "mode": mode,
-             "batch_size": batch_size, "dry_run": dry_run}
-    watch = ChunkWatch(chunk_deployment, lambda chunk: {"chunk": dataclasses.asdict(chunk), **night},
-                       WatchLimits(heartbeat_timeout_s, pending_timeout_s, max_resubmits, poll_s), flow_run_id, logger)
+    chunk_night = {"run_dir": str(night.run_dir), "ledger_path": night.ledger_file, "inbox": inbox,
+                   "outbox": outbox, "source_kind": source_kind, "sink_kind": sink_kind, "checkpoint": checkpoint,
+                   "mode": mode, "batch_size": batch_size, "dry_run": dry_run}
+    watch = ChunkWatch(chunk_deployment, lambda chunk: {"chunk": dataclasses.asdict(chunk), **chunk_night},
+                       WatchLimits(heartbeat_timeout_s, pending_timeout_s, max_resubmits, poll_s),
+                       night.flow_run_id, logger)
     for chunk in chunks:  # all at once: the pool's queue holds the night, free workers take the next
         watch.submit(chunk)
     outcome = watch.watch()
 
-    records = night_records(read_attempts(run_dir), None if dry_run else Ledger(ledger_file))
+    records = night_records(read_attempts(night.run_dir), None if dry_run else Ledger(night.ledger_file))
     study_errors = {**records.study_errors, **_lost_studies(chunks, outcome, records)}
-    summary = night_summary(records.results, records.rows, drained, time.perf_counter() - start, window, run_dir,
+    summary = night_summary(records.results, records.rows, drained, night.seconds(), night.window, night.run_dir,
                             dry_run, rejected=rejected, study_errors=study_errors)
     summary["chunks"] = {"count": len(chunks), "resubmitted": outcome.resubmitted, "lost": sorted(outcome.lost),
                          "failed": sorted(outcome.failed), "workers": records.workers}
-    return _publish(summary, records, rejected, run_dir)
-
-
-def _publish(summary: dict, records: NightRecords, rejected, run_dir: Path):
-    """Tables, artifacts and the return value, as the nightly flow writes them."""
-    tables = write_tables(records.rows, run_dir, "nightly") if records.rows else None
-    rejected_table = write_rejected_table(rejected, run_dir, "nightly") if rejected else None
-    create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown=summary_markdown(summary),
-                             description="Nightly run summary (chunks on the GPU work pool)")
-    if records.rows:
-        create_table_artifact(key="sam2rad-nightly-studies",
-                              table=[dataclasses.asdict(s) for s in study_metrics(records.rows)],
-                              description="Per-study metrics")
-    chunks = summary["chunks"]
-    get_run_logger().info("%s; %d chunks, %d resubmitted, %d lost", summary["headline"], chunks["count"],
-                          chunks["resubmitted"], len(chunks["lost"]))
-    table_paths = {k: str(v) for k, v in dataclasses.asdict(tables).items()} if tables else {}
-    if rejected_table:
-        table_paths["rejected_csv"] = str(rejected_table)
-    summary = summary | {"tables": table_paths}
-    if summary["study_errors"]:  # tables and artifacts are written; the run still says it did not finish
-        return Failed(message=summary["headline"], data=StudiesFailed(summary))
-    return summary
+    return publish_night(night, summary, records.rows, rejected,
+                         description="Nightly run summary (chunks on the GPU work pool)",
+                         detail=f"; {len(chunks)} chunks, {outcome.resubmitted} resubmitted, {len(outcome.lost)} lost")
 
 
 def serve(prefect_file: Path, name: str) -> None:

@@ -9,97 +9,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import deque
-import os
-import time
-from pathlib import Path
+from collections.abc import Callable
+from functools import partial
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext, get_run_context
+from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
-from prefect.states import Failed
 
+from flows.night_setup import prepare_night, publish_night
+from flows.night_tasks import SUMMARY_ARTIFACT, StudiesFailed, discover_studies, drain_previous_failures, transient_io
 from flows.runtime import default_device, ensure_gpu_limit, gpu_slot, load_model
 from pipeline.chunk_runner import ChunkResult, run_chunk
 from pipeline.inference import seg_algorithm_for
 from pipeline.ledger import Ledger
-from pipeline.night_chunks import split_night
-from pipeline.night_summary import night_summary, summary_markdown
-from pipeline.pacs import Outbox, PacsError, PacsSettings, drain, open_archive
-from pipeline.run_tables import study_metrics, write_rejected_table, write_tables
-from pipeline.staging import sweep_stale_staging
-from pipeline.studies import RejectedFile, StudyRef, parse_window
+from pipeline.night_chunks import NightChunk, split_night
+from pipeline.night_summary import night_summary
+from pipeline.pacs import PacsSettings
+from pipeline.studies import StudyRef
 from pipeline.study_processing import StudyResult
-from pipeline.us_records import IngestLimits
 
-SUMMARY_ARTIFACT = "sam2rad-nightly-summary"
+# The CLI and tests import the night's exception and artifact key from here too.
+__all__ = ["DEFAULT_STUDIES_PER_CHUNK", "SUMMARY_ARTIFACT", "StudiesFailed", "nightly", "segment_chunk"]
+
 DEFAULT_STUDIES_PER_CHUNK = 16
 CHUNKS_IN_FLIGHT = 2  # the next chunk starts while one finishes (model calls stay one at a time: the gpu slot)
-
-
-class StudiesFailed(RuntimeError):
-    """Some studies could not be processed; the night's summary (tables, counts) is in `.summary`.
-
-    The flow run ends Failed with this as its result: calling `nightly()` raises it, without a traceback
-    in the log, and `sam2rad run-nightly` prints the headline and exits 1."""
-
-    def __init__(self, summary: dict) -> None:
-        super().__init__(summary["headline"])
-        self.summary = summary
-
-    def __reduce__(self):  # picklable with its summary (Prefect may persist the result)
-        return (type(self), (self.summary,))
-
-
-def transient_io(task, task_run, state) -> bool:
-    """Retry PACS trouble that may pass (unreachable, dropped association), not configuration errors."""
-    try:
-        state.result()
-    except PacsError as exc:
-        return exc.retriable  # unreachable / dropped: yes; wrong AE title or password: no
-    except Exception:  # noqa: BLE001 - bad data, bugs, MemoryError: retrying would not help
-        return False
-    return False
-
-
-def _settings(source_kind: str, inbox: str | None, outbox: str | None, output_dir: Path) -> PacsSettings:
-    changes: dict = {"kind": source_kind}
-    if "SAM2RAD_STORE_OUTBOX" not in os.environ:  # SEGs waiting for a store live beside the run folders
-        changes["store_outbox"] = output_dir / "store-outbox"
-    if inbox:
-        changes["inbox"] = Path(inbox)
-    if outbox:
-        changes["outbox"] = Path(outbox)
-    return PacsSettings.from_env().replace(**changes)
-
-
-@task(name="discover-studies", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_io,
-      cache_policy=NO_CACHE)
-def discover_studies(settings: PacsSettings, start_date: str | None,
-                     end_date: str | None) -> tuple[list[StudyRef], list[RejectedFile]]:
-    """The window's studies, and the files the archive refused (not DICOM, invalid UIDs, FIFOs, links out)."""
-    window = parse_window(start_date, end_date)
-    archive = open_archive(settings)
-    studies = archive.discover(window)
-    rejected = list(getattr(archive, "rejected", []))
-    get_run_logger().info("%d studies with US in %s; %d files rejected", len(studies), window.dicom_range(),
-                          len(rejected))
-    return studies, rejected
-
-
-@task(name="drain-store-outbox", retries=1, retry_delay_seconds=5, retry_condition_fn=transient_io,
-      cache_policy=NO_CACHE)
-def drain_previous_failures(sink_settings: PacsSettings, ledger_path: str) -> int:
-    """SEGs a previous night could not store go first: nothing is lost, nothing stored twice."""
-    outbox = Outbox(sink_settings.store_outbox)
-    if not outbox.items():
-        return 0
-    report = drain(open_archive(sink_settings), outbox, ledger=Ledger(ledger_path),
-                   policy=sink_settings.retry_policy())
-    get_run_logger().info("outbox drain: %d stored, %d already in the archive, %d failed, %d remain",
-                          len(report.stored), len(report.already_there), len(report.failed), report.remaining)
-    return len(report.stored)
 
 
 def _chunk_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
@@ -150,6 +83,26 @@ def _chunk_results(refs: list[StudyRef], future: PrefectFuture) -> tuple[list[St
     return [dataclasses.replace(study, from_cache=cached) for study in chunk.studies], dict(chunk.study_errors)
 
 
+def _segment_chunks(chunks: list[NightChunk], submit: Callable[..., PrefectFuture]
+                    ) -> tuple[list[StudyResult], dict[str, str]]:
+    """Every chunk's studies and study errors (each error logged). Two chunks run side by side: one
+    fetches and decodes while the other drains, so the model is not idle between chunks (its calls stay
+    one at a time: the gpu slot, and one lock per model object)."""
+    results: list[StudyResult] = []
+    study_errors: dict[str, str] = {}
+    in_flight: deque[tuple[list[StudyRef], PrefectFuture]] = deque()
+    for i, chunk in enumerate(chunks):
+        refs = list(chunk.studies)
+        in_flight.append((refs, submit(refs=refs)))
+        while in_flight and (len(in_flight) >= CHUNKS_IN_FLIGHT or i == len(chunks) - 1):
+            finished, errors = _chunk_results(*in_flight.popleft())
+            results += finished
+            study_errors |= errors
+    for uid, error in study_errors.items():
+        get_run_logger().error("study %s failed: %s", uid, error)
+    return results, study_errors
+
+
 def _in_shard(study_uid: str, shard_index: int, shard_count: int) -> bool:
     return int(hashlib.sha256(study_uid.encode()).hexdigest(), 16) % shard_count == shard_index
 
@@ -176,65 +129,26 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
         raise ValueError(f"studies_per_chunk must be at least 1, got {studies_per_chunk}")
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} outside 0..{shard_count - 1}")
-    logger = get_run_logger()
-    start = time.perf_counter()
-    out = Path(output_dir).resolve()
-    settings = _settings(source_kind, inbox, outbox, out)
-    sink_settings = settings if not sink_kind or sink_kind == source_kind else settings.replace(kind=sink_kind)
-    window = parse_window(start_date, end_date)
-    IngestLimits().decoded_bytes_budget()  # a bad SAM2RAD_MAX_DECODED_BYTES fails the start, not each study
-    run_id = str(get_run_context().flow_run.id)[:8]
-    run_dir = out / f"nightly-{window.start:%Y%m%d}-{window.end:%Y%m%d}-{run_id}"
-    ledger_file = str(Path(ledger_path).resolve() if ledger_path else out / "ledger.sqlite")
-    Ledger(ledger_file)  # create it (and fail early if the path is unusable)
-    swept = sweep_stale_staging(out)  # source DICOM a killed run left behind
-    if swept:
-        logger.warning("removed %d staging folder(s) a killed run left under %s", swept, out / "staging")
-
+    night = prepare_night(source_kind, inbox, outbox, sink_kind, start_date, end_date, output_dir, ledger_path)
     model = load_model(checkpoint, default_device())  # once per worker process
     fingerprint = seg_algorithm_for(model, mode).fingerprint
     from sam2rad.checkpoint import code_version  # torch loads here, not when the flow module is imported
 
-    drained = 0 if dry_run else drain_previous_failures(sink_settings, ledger_file)
-    found, rejected = discover_studies(settings, start_date, end_date)
+    drained = 0 if dry_run else drain_previous_failures(night.sink_settings, night.ledger_file)
+    found, rejected = discover_studies(night.settings, start_date, end_date)
     studies = [s for s in found if _in_shard(s.study_uid, shard_index, shard_count)]
     rejected = rejected if shard_index == 0 else []  # one shard reports them, not every shard
     ensure_gpu_limit()
-    results: list[StudyResult] = []
-    study_errors: dict[str, str] = {}
-    chunks = split_night(studies, studies_per_chunk)
-    in_flight: deque[tuple[list[StudyRef], PrefectFuture]] = deque()
-    for i, chunk in enumerate(chunks):
-        refs = list(chunk.studies)
-        in_flight.append((refs, segment_chunk.submit(settings, sink_settings, refs, checkpoint, mode, batch_size,
-                                                     dry_run, str(run_dir), ledger_file, fingerprint, code_version())))
-        # Two chunks side by side: one fetches and decodes while the other drains, so the model is not idle
-        # between chunks (its calls stay one at a time: the gpu slot, and one lock per model object).
-        while in_flight and (len(in_flight) >= CHUNKS_IN_FLIGHT or i == len(chunks) - 1):
-            finished, errors = _chunk_results(*in_flight.popleft())
-            results += finished
-            study_errors |= errors
-    for uid, error in study_errors.items():
-        logger.error("study %s failed: %s", uid, error)
+    submit = partial(segment_chunk.submit, settings=night.settings, sink_settings=night.sink_settings,
+                     checkpoint=checkpoint, mode=mode, batch_size=batch_size, dry_run=dry_run,
+                     run_dir=str(night.run_dir), ledger_path=night.ledger_file, model_fingerprint=fingerprint,
+                     code_version=code_version())
+    results, study_errors = _segment_chunks(split_night(studies, studies_per_chunk), submit)
 
     rows = [row for result in results for row in result.rows]
-    tables = write_tables(rows, run_dir, "nightly") if rows else None
-    rejected_table = write_rejected_table(rejected, run_dir, "nightly") if rejected else None
-    summary = night_summary(results, rows, drained, time.perf_counter() - start, window, run_dir, dry_run,
+    summary = night_summary(results, rows, drained, night.seconds(), night.window, night.run_dir, dry_run,
                             rejected=rejected, study_errors=study_errors)
-    create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown=summary_markdown(summary),
-                             description="Nightly run summary")
-    if rows:
-        create_table_artifact(key="sam2rad-nightly-studies", table=[dataclasses.asdict(s) for s in study_metrics(rows)],
-                              description="Per-study metrics")
-    logger.info(summary["headline"])
-    table_paths = {k: str(v) for k, v in dataclasses.asdict(tables).items()} if tables else {}
-    if rejected_table:
-        table_paths["rejected_csv"] = str(rejected_table)
-    summary = summary | {"tables": table_paths}
-    if study_errors:  # tables and artifacts are written; the run still says it did not finish (no traceback)
-        return Failed(message=summary["headline"], data=StudiesFailed(summary))
-    return summary
+    return publish_night(night, summary, rows, rejected)
 
 
 if __name__ == "__main__":

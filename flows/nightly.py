@@ -103,21 +103,18 @@ def _segment_chunks(chunks: list[NightChunk], submit: Callable[..., PrefectFutur
     return results, study_errors
 
 
-def _in_shard(study_uid: str, shard_index: int, shard_count: int) -> bool:
-    return int(hashlib.sha256(study_uid.encode()).hexdigest(), 16) % shard_count == shard_index
-
-
 @flow(name="sam2rad-nightly", log_prints=True)
 def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: str = "folder",
             start_date: str | None = None, end_date: str | None = None, checkpoint: str | None = None,
             mode: str = "auto", batch_size: int = 4, dry_run: bool = False, output_dir: str = "runs",
-            ledger_path: str | None = None, shard_index: int = 0, shard_count: int = 1,
-            sink_kind: str | None = None, studies_per_chunk: int = DEFAULT_STUDIES_PER_CHUNK) -> dict:
+            ledger_path: str | None = None, sink_kind: str | None = None,
+            studies_per_chunk: int = DEFAULT_STUDIES_PER_CHUNK) -> dict:
     """Segment the US studies of a date window (default: yesterday) and put DICOM-SEG back.
 
     inbox/outbox: folder archive (source_kind="folder"); DIMSE/DICOMweb addresses come from the
     environment (SAM2RAD_PACS_*, SAM2RAD_DICOMWEB_*). checkpoint: PPN checkpoint, default the shipped
-    demo model. shard_index/shard_count split one night across several flow runs (one per worker).
+    demo model. One run uses one GPU; to spread a night over several, run the `sam2rad-dispatch` flow
+    (flows/dispatch.py), whose chunks free workers of the GPU pool pull.
     sink_kind: where SEGs go when that differs from the source (e.g. read a VNA folder, store to PACS).
     studies_per_chunk: studies per `segment-chunk` task (one task run, fetch/decode/store overlapped
     with the model inside it; two chunks run side by side); a chunk is also what a transient PACS
@@ -127,17 +124,13 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
         raise ValueError("the nightly flow runs without a reader: mode must be 'auto'")
     if studies_per_chunk < 1:
         raise ValueError(f"studies_per_chunk must be at least 1, got {studies_per_chunk}")
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} outside 0..{shard_count - 1}")
     night = prepare_night(source_kind, inbox, outbox, sink_kind, start_date, end_date, output_dir, ledger_path)
     model = load_model(checkpoint, default_device())  # once per worker process
     fingerprint = seg_algorithm_for(model, mode).fingerprint
     from sam2rad.checkpoint import code_version  # torch loads here, not when the flow module is imported
 
     drained = 0 if dry_run else drain_previous_failures(night.sink_settings, night.ledger_file)
-    found, rejected = discover_studies(night.settings, start_date, end_date)
-    studies = [s for s in found if _in_shard(s.study_uid, shard_index, shard_count)]
-    rejected = rejected if shard_index == 0 else []  # one shard reports them, not every shard
+    studies, rejected = discover_studies(night.settings, start_date, end_date)
     ensure_gpu_limit()
     submit = partial(segment_chunk.submit, settings=night.settings, sink_settings=night.sink_settings,
                      checkpoint=checkpoint, mode=mode, batch_size=batch_size, dry_run=dry_run,

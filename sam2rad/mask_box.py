@@ -35,3 +35,18 @@ def boxes_from_logits(logits: torch.Tensor, input_size: int, margin_px: float = 
     boxes = boxes.clamp(0, float(input_size))
     empty = ~rows.any(dim=1)
     return torch.where(empty[:, None], torch.full_like(boxes, float("nan")), boxes).reshape(n, 4)
+
+
+def grow_boxes_to_clicks(boxes: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor,
+                         margin_px: float = DEFAULT_MARGIN_PX) -> torch.Tensor:
+    """(N, 4) boxes grown to hold each row's foreground clicks (label 1) plus `margin_px`.
+
+    Why: a reader's "add here" click lands where the mask is missing, which is often outside the
+    box the mask stopped at; the frozen decoder would not follow a click outside its box.
+    coords (N, P, 2) x, y in model pixels, labels (N, P) with -1 for no click. Other rows unchanged."""
+    positive = (labels == 1)[..., None]  # (N, P, 1)
+    big = torch.finfo(boxes.dtype).max
+    lo = torch.where(positive, coords - margin_px, big).amin(dim=1)  # (N, 2): x, y
+    hi = torch.where(positive, coords + 1 + margin_px, -big).amax(dim=1)
+    grown = torch.cat([torch.minimum(boxes[:, :2], lo), torch.maximum(boxes[:, 2:], hi)], dim=1)
+    return grown

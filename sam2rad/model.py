@@ -21,7 +21,7 @@ from torch import nn
 from .backbones.base import Backbone, DecoderOutput, FeaturePyramid, ImageGeometry
 from .batched_decode import DecodedRows, Prediction, cat_pyramids, predictions_from_rows
 from .ppn import PPNConfig, PPNOutput, build_ppn
-from .mask_box import DEFAULT_MARGIN_PX, boxes_from_logits
+from .mask_box import DEFAULT_MARGIN_PX, boxes_from_logits, grow_boxes_to_clicks
 from .refine import MaskRefiner, RefinerConfig, click_maps
 
 Mode = Literal["auto", "semi", "manual"]
@@ -125,6 +125,8 @@ class Sam2Rad(nn.Module):
         self.mask_threshold = 0.0
         # auto and semi prompt the decoder twice: the second time with the first mask's extent.
         self.box_from_mask_margin_px: float | None = DEFAULT_MARGIN_PX
+        # A foreground click outside the box grows the box to hold it (+ margin); None: boxes stay.
+        self.click_box_margin_px: float | None = DEFAULT_MARGIN_PX
         self.logit_dropout = 0.0  # set by the Trainer (TrainConfig.refiner_logit_dropout); never saved
 
     @property
@@ -182,18 +184,22 @@ class Sam2Rad(nn.Module):
         self._cache.clear()
 
     # --- the differentiable path (training and auto/semi inference) -----------------------------
-    def prompts_from_ppn(self, ppn_out: PPNOutput, boxes_px: torch.Tensor | None = None
+    def prompts_from_ppn(self, ppn_out: PPNOutput, boxes_px: torch.Tensor | None = None,
+                         clicks: tuple[torch.Tensor, torch.Tensor] | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """PPN output -> (sparse, dense, box_px) for the frozen decoder.
 
         boxes_px (N, 4) in model pixels replaces the predicted box where given (a reader's box in semi
-        mode, the ground-truth box in part of training); NaN rows keep the prediction.
+        mode, the ground-truth box in part of training); NaN rows keep the prediction. clicks: boxes
+        grow to hold the foreground clicks (`click_box_margin_px`).
         """
         size = float(self.backbone.input_size)
         box_px = ppn_out.box_norm * size
         if boxes_px is not None:
             keep = torch.isnan(boxes_px).any(dim=1, keepdim=True)
             box_px = torch.where(keep, box_px, torch.nan_to_num(boxes_px))
+        if clicks is not None and self.click_box_margin_px is not None:
+            box_px = grow_boxes_to_clicks(box_px, clicks[0], clicks[1], self.click_box_margin_px).clamp(0, size)
         pe = self.backbone.prompt_encoder
         box_emb = pe._embed_boxes(box_px)  # frozen encoder, gradients still reach the PPN's box
         sparse = torch.cat([box_emb, ppn_out.extra_tokens], dim=1)
@@ -213,7 +219,7 @@ class Sam2Rad(nn.Module):
         ppn_out: the PPN's output on these features, where a first pass already has it.
         """
         ppn_out = self.ppn(features) if ppn_out is None else ppn_out
-        sparse, dense, box_px = self.prompts_from_ppn(ppn_out, boxes_px)
+        sparse, dense, box_px = self.prompts_from_ppn(ppn_out, boxes_px, clicks)
         rows = self._class_rows(features.batch_size)
         feats = features.select(rows) if self.num_classes > 1 else features
         clicked = None if clicks is None else (clicks[1] >= 0).any(dim=1)
@@ -380,8 +386,11 @@ class Sam2Rad(nn.Module):
                 p = by_class.get(k)
                 if p is not None:  # semi: the reader's corrections on top of the predicted prompts
                     pts, box, mask = self._to_model_space(p, enc.geometry)
-                    if box is not None:
+                    if box is not None:  # the reader's box is used as drawn
                         box_px[k:k + 1] = box
+                    elif pts is not None and self.click_box_margin_px is not None:
+                        box_px[k:k + 1] = grow_boxes_to_clicks(box_px[k:k + 1], *pts, self.click_box_margin_px
+                                                               ).clamp(0, float(be.input_size))
                     user_sparse, _ = be.encode_prompts(points=pts, boxes=box_px[k:k + 1])
                     s_k = torch.cat([user_sparse, ppn_out.extra_tokens[k:k + 1]], dim=1)
                     if mask is not None:

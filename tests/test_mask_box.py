@@ -87,3 +87,17 @@ def test_training_prompts_chosen_rows_with_the_first_masks_box_and_keeps_the_oth
     assert out[1].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert torch.isnan(out[2]).all()  # empty first mask: the PPN's own box stays
     assert torch.equal(torch.isnan(seen["boxes"]), torch.isnan(boxes))  # the first pass got the same prompts
+
+
+def test_a_foreground_click_outside_the_box_grows_the_box_to_hold_it():
+    from sam2rad.mask_box import grow_boxes_to_clicks
+
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 50.0], [10.0, 10.0, 50.0, 50.0], [10.0, 10.0, 50.0, 50.0]])
+    coords = torch.tensor([[[80.0, 30.0], [0.0, 0.0]],    # add-click right of the box, then nothing
+                           [[5.0, 70.0], [60.0, 2.0]],    # remove-click (label 0), then an add-click above-right
+                           [[30.0, 30.0], [0.0, 0.0]]])   # add-click inside: the box stays
+    labels = torch.tensor([[1, -1], [0, 1], [1, -1]])
+    grown = grow_boxes_to_clicks(boxes, coords, labels, margin_px=4)
+    assert grown[0].tolist() == [10.0, 10.0, 85.0, 50.0]  # x1 = 80 + 1 + 4
+    assert grown[1].tolist() == [10.0, -2.0, 65.0, 50.0]  # the remove-click does not grow it
+    assert grown[2].tolist() == [10.0, 10.0, 50.0, 50.0]

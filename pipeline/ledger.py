@@ -2,7 +2,7 @@
 
 One SQLite row per (source SOP Instance UID, model fingerprint). A re-run skips what is done, retries
 what failed, and leaves SEGs waiting in the store outbox to `drain`. Several worker processes may share
-one ledger file (each takes its own shard of the night's studies): WAL journal, a busy timeout, and
+one ledger file (each takes its own chunks of the night): WAL journal, a busy timeout, and
 short write transactions (`BEGIN IMMEDIATE`).
 
 Rows hold UIDs, counts, statuses and error texts only, never patient data.

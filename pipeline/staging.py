@@ -67,7 +67,7 @@ def _is_stale(folder: Path, now: float, stale_after_s: float) -> bool:
 
 
 def sweep_stale_staging(output_dir: str | os.PathLike[str], stale_after_s: float = STALE_AFTER_S) -> int:
-    """Remove staging folders left by killed runs; live runs' folders (shards, other nights) stay.
+    """Remove staging folders left by killed runs; live runs' folders (other chunk workers, other nights) stay.
     Returns how many were removed."""
     root = staging_root(output_dir)
     if not root.is_dir():

@@ -458,7 +458,7 @@ def test_deep_nesting_in_segment_ingest_is_an_issue(tmp_path):
 def test_a_killed_run_stages_under_the_output_folder_and_the_next_start_sweeps_it(tmp_path):
     """Issue 16 (16): a run killed mid-study (SIGKILL) leaves its fetched source DICOM under
     <output_dir>/staging, never in the system temp folder, and the next start removes it; a live
-    run's staging folder (another shard, this process) is left alone."""
+    run's staging folder (another chunk worker, this process) is left alone."""
     import signal
     import tempfile
 

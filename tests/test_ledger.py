@@ -102,7 +102,7 @@ N_INSTANCES = 60
 
 
 def _worker(path: str, worker: int) -> None:
-    # Like one shard of a night: this worker's instances, written while the others write theirs.
+    # Like one chunk worker of a night: this worker's instances, written while the others write theirs.
     with Ledger(path) as ledger:
         for i in range(worker, N_INSTANCES, N_WORKERS):
             uid = f"1.2.3.{i}"

@@ -166,10 +166,12 @@ FLOW_OPTIONS: dict = {}  # extra nightly() parameters (--studies-per-chunk)
 
 def run_flow(inbox: Path, out: Path, date: dt.date, batch_size: int) -> int:
     from flows.nightly import nightly
+    from flows.runtime import local_run_settings
 
-    summary = nightly(inbox=str(inbox), outbox=str(out / "outbox"), start_date=date.isoformat(),
-                      end_date=date.isoformat(), output_dir=str(out / "runs"), batch_size=batch_size,
-                      **FLOW_OPTIONS)
+    with local_run_settings():  # as `sam2rad run-nightly` calls it
+        summary = nightly(inbox=str(inbox), outbox=str(out / "outbox"), start_date=date.isoformat(),
+                          end_date=date.isoformat(), output_dir=str(out / "runs"), batch_size=batch_size,
+                          **FLOW_OPTIONS)
     assert summary["failed"] == 0 and not summary["study_errors"], summary["headline"]
     return int(summary["frames"])
 
@@ -181,6 +183,14 @@ class Timing:
     seconds: float
     frames: int
     busy: FakePredict
+    start: float = 0.0  # perf_counter at the call
+    end: float = 0.0
+
+    @property
+    def head_tail(self) -> tuple[float, float]:
+        """Seconds from the call to the first predict (start-up, discovery, first fetch and decode),
+        and from the last predict's end to the return (last SEGs, stores, tables, artifacts)."""
+        return (self.busy.first_start or self.start) - self.start, self.end - (self.busy.last_end or self.end)
 
     @property
     def fps(self) -> float:
@@ -195,8 +205,8 @@ def timed(model, fake: FakePredict, archive: str, path: str, run, *args) -> Timi
     model.predict = fake
     start = time.perf_counter()
     frames = run(model, *args) if path != "flow" else run(*args)
-    seconds = time.perf_counter() - start
-    return None if frames is None else Timing(archive, path, seconds, frames, fake)
+    end = time.perf_counter()
+    return None if frames is None else Timing(archive, path, end - start, frames, fake, start, end)
 
 
 def main() -> None:
@@ -267,12 +277,16 @@ def main() -> None:
     print(f"\nmodel sleeping {args.gpu_ms:g} ms an image, generated archive: device-busy = time inside predict / "
           f"wall time of the whole call (night), or of the span from the first predict to the last (span)")
     print("hidden = the share of the model's time that costs no wall time (vs the same path with the instant model)")
-    print(f"{'path':<11}{'frames':>8}{'seconds':>9}{'frames/s':>10}{'busy night':>12}{'busy span':>11}{'hidden':>8}")
+    print("head / tail = seconds before the first model call / after the last one (fixed costs of a night)")
+    print(f"{'path':<11}{'frames':>8}{'seconds':>9}{'frames/s':>10}{'busy night':>12}{'busy span':>11}{'hidden':>8}"
+          f"{'head s':>8}{'tail s':>8}")
     for t in gpu:
         night, span = t.busy_fractions()
         instant = median[("generated", t.path, 0.0)].seconds
         hidden = (instant + t.busy.busy - t.seconds) / t.busy.busy
-        print(f"{t.path:<11}{t.frames:>8}{t.seconds:>9.2f}{t.fps:>10.1f}{night:>12.1%}{span:>11.1%}{hidden:>8.0%}")
+        head, tail = t.head_tail
+        print(f"{t.path:<11}{t.frames:>8}{t.seconds:>9.2f}{t.fps:>10.1f}{night:>12.1%}{span:>11.1%}{hidden:>8.0%}"
+              f"{head:>8.2f}{tail:>8.2f}")
     flow_t, func_t = median[("generated", "flow", 0.0)], median[("generated", "functions", 0.0)]
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -28,7 +28,7 @@ def main() -> None:
     from prefect import flow
 
     from flows.nightly import nightly
-    from flows.runtime import load_model
+    from flows.runtime import load_model, local_run_settings
     from flows.demo.archive import write_demo_archive
     from pipeline.ingest import ingest, iter_frames
 
@@ -55,8 +55,9 @@ def main() -> None:
     server_start = time.perf_counter() - t0
     date = f"{archive.study_date[:4]}-{archive.study_date[4:6]}-{archive.study_date[6:]}"
     t0 = time.perf_counter()
-    summary = nightly(inbox=str(archive.inbox), outbox=str(root / "outbox"), start_date=date,
-                      output_dir=str(root / "runs"), batch_size=args.batch_size)
+    with local_run_settings():  # as `sam2rad run-nightly` calls it
+        summary = nightly(inbox=str(archive.inbox), outbox=str(root / "outbox"), start_date=date,
+                          output_dir=str(root / "runs"), batch_size=args.batch_size)
     flow_s = time.perf_counter() - t0
     n_inst, n_frames = summary["succeeded"], len(frames)
     overhead = (flow_s - bare) / flow_s

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
+import uuid
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -33,6 +35,10 @@ __all__ = ["DEFAULT_STUDIES_PER_CHUNK", "SUMMARY_ARTIFACT", "StudiesFailed", "ni
 
 DEFAULT_STUDIES_PER_CHUNK = 16
 CHUNKS_IN_FLIGHT = 2  # the next chunk starts while one finishes (model calls stay one at a time: the gpu slot)
+READ_POLL_S = 0.05
+# Chunk tasks of this process tell the flow when they start their last study (keyed by a random
+# token passed as a task parameter; Events cannot be task parameters).
+_LAST_STUDY_STARTED: dict[str, threading.Event] = {}
 
 
 def _chunk_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
@@ -57,12 +63,15 @@ def _chunk_cache_key(context: TaskRunContext, parameters: dict) -> str | None:
       cache_key_fn=_chunk_cache_key, persist_result=True, result_serializer="json")
 def segment_chunk(settings: PacsSettings, sink_settings: PacsSettings, refs: list[StudyRef], checkpoint: str | None,
                   mode: str, batch_size: int, dry_run: bool, run_dir: str, ledger_path: str,
-                  model_fingerprint: str, code_version: str) -> ChunkResult:
+                  model_fingerprint: str, code_version: str, last_study_key: str | None = None) -> ChunkResult:
     """Fetch a few studies, segment what the ledger has not finished, write SEGs, store them: the I/O
     overlapped with the model, each model call holding a `gpu` slot. A study that fails is reported in
-    the result; a transient PACS error that stops the whole chunk retries it (the ledger skips what is done)."""
+    the result; a transient PACS error that stops the whole chunk retries it (the ledger skips what is done).
+    last_study_key: names an event of this process set when the chunk starts its last study."""
+    last_study = _LAST_STUDY_STARTED.get(last_study_key) if last_study_key else None
     result = run_chunk(settings, refs, checkpoint, mode, batch_size, dry_run, run_dir, ledger_path, sink_settings,
-                       model=load_model(checkpoint, default_device()), batch_guard=gpu_slot)
+                       model=load_model(checkpoint, default_device()), batch_guard=gpu_slot,
+                       on_last_study=last_study.set if last_study else None)
     get_run_logger().info("%d studies (%d failed), %d frames in %.1f s; %.1f s inside the model (%d calls)",
                           len(refs), len(result.study_errors), result.frames, result.seconds,
                           result.model_seconds, result.model_calls)
@@ -85,22 +94,48 @@ def _chunk_results(refs: list[StudyRef], future: PrefectFuture) -> tuple[list[St
 
 def _segment_chunks(chunks: list[NightChunk], submit: Callable[..., PrefectFuture]
                     ) -> tuple[list[StudyResult], dict[str, str]]:
-    """Every chunk's studies and study errors (each error logged). Two chunks run side by side: one
-    fetches and decodes while the other drains, so the model is not idle between chunks (its calls stay
-    one at a time: the gpu slot, and one lock per model object)."""
+    """Every chunk's studies and study errors (each error logged).
+
+    A chunk starts when the one before it starts reading its last study: its start-up, fetches and
+    decodes overlap the other's last study, model calls, SEGs and stores, so the model is not idle between chunks, and the two
+    do not compete for the CPU all along (measured: two chunks started together fed an instant model
+    at 0.75x the plain loop). At most CHUNKS_IN_FLIGHT run at once; model calls stay one at a time
+    (the gpu slot, and one lock per model object)."""
     results: list[StudyResult] = []
     study_errors: dict[str, str] = {}
-    in_flight: deque[tuple[list[StudyRef], PrefectFuture]] = deque()
-    for i, chunk in enumerate(chunks):
-        refs = list(chunk.studies)
-        in_flight.append((refs, submit(refs=refs)))
-        while in_flight and (len(in_flight) >= CHUNKS_IN_FLIGHT or i == len(chunks) - 1):
-            finished, errors = _chunk_results(*in_flight.popleft())
+    in_flight: deque[tuple[list[StudyRef], PrefectFuture, str]] = deque()
+    try:
+        for chunk in chunks:
+            if in_flight:
+                _wait_until_last_study(*in_flight[-1][1:])
+            while len(in_flight) >= CHUNKS_IN_FLIGHT:
+                refs, future, key = in_flight.popleft()
+                finished, errors = _chunk_results(refs, future)
+                _LAST_STUDY_STARTED.pop(key, None)
+                results += finished
+                study_errors |= errors
+            refs, key = list(chunk.studies), uuid.uuid4().hex
+            _LAST_STUDY_STARTED[key] = threading.Event()
+            in_flight.append((refs, submit(refs=refs, last_study_key=key), key))
+        while in_flight:
+            refs, future, key = in_flight.popleft()
+            finished, errors = _chunk_results(refs, future)
+            _LAST_STUDY_STARTED.pop(key, None)
             results += finished
             study_errors |= errors
+    finally:
+        for _, _, key in in_flight:
+            _LAST_STUDY_STARTED.pop(key, None)
     for uid, error in study_errors.items():
         get_run_logger().error("study %s failed: %s", uid, error)
     return results, study_errors
+
+
+def _wait_until_last_study(future: PrefectFuture, key: str) -> None:
+    """Until the chunk starts its last study, or has ended without saying so (failed, cached)."""
+    event = _LAST_STUDY_STARTED[key]
+    while not event.wait(READ_POLL_S) and not future.wrapped_future.done():
+        pass
 
 
 @flow(name="sam2rad-nightly", log_prints=True)

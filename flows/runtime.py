@@ -60,6 +60,22 @@ def uses_prefect_server() -> bool:
     return bool(get_current_settings().api.url)
 
 
+@contextmanager
+def local_run_settings() -> Iterator[None]:
+    """Around a flow called in this process: in local mode, no flow-run heartbeats.
+
+    Without a server nothing watches them, and Prefect's heartbeat thread sleeps in 1 s steps that
+    the end of every flow run waits for (up to 1 s a run, measured). Server runs keep their heartbeats:
+    the dispatcher detects dead chunk workers by them."""
+    if uses_prefect_server():
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 def _gpu_slots() -> int:
     return max(1, int(os.environ.get("SAM2RAD_GPU_SLOTS", "1")))
 

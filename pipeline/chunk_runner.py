@@ -78,6 +78,7 @@ def run_chunk(settings: PacsSettings, refs: Sequence[StudyRef], checkpoint: str 
               batch_guard: BatchGuard = nullcontext,
               recorder_for: Callable[[StudyRef, InstanceRecorder], Recorder] | None = None,
               on_study: Callable[[StudyRef, StudyResult | None, str | None], None] | None = None,
+              on_last_study: Callable[[], None] | None = None,
               fetch_retry_delays: Sequence[float] = FETCH_RETRY_DELAYS_S) -> ChunkResult:
     """Segment the studies `refs` from the archive `settings` describe into `run_dir`, SEGs to the sink
     (`sink_settings`, default the same archive), every instance settled in the ledger at `ledger_path`.
@@ -87,7 +88,9 @@ def run_chunk(settings: PacsSettings, refs: Sequence[StudyRef], checkpoint: str 
     process on SAM2RAD_DEVICE), `algorithm` (the SEGs' algorithm identity, default from the model's
     checkpoint), `batch_guard` (wraps each model call: the GPU slot), `recorder_for` (wraps
     each study's InstanceRecorder, e.g. to journal before the ledger), `on_study(ref, result, error)`
-    (called as each study ends, from the writer thread).
+    (called as each study ends, from the writer thread), `on_last_study()` (called once, when the reader starts
+    the chunk's last study or stops early: the caller may start the next chunk then, so that its
+    start-up and first fetches overlap this chunk's last study).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -101,7 +104,17 @@ def run_chunk(settings: PacsSettings, refs: Sequence[StudyRef], checkpoint: str 
     run_path = Path(run_dir)
     outbox = Outbox(sink_settings.store_outbox)
 
+    last_ref = refs[-1] if refs else None
+    signalled = threading.Event()
+
+    def signal_last_study() -> None:
+        if on_last_study is not None and not signalled.is_set():
+            signalled.set()
+            on_last_study()
+
     def new_study(ref: StudyRef) -> StudyWork:
+        if ref is last_ref:
+            signal_last_study()
         recorder: Recorder = InstanceRecorder(ledger, algorithm.fingerprint, ref.study_uid, sink, outbox,
                                               sink_settings.retry_policy(), dry_run)
         if recorder_for is not None:
@@ -115,7 +128,14 @@ def run_chunk(settings: PacsSettings, refs: Sequence[StudyRef], checkpoint: str 
     seg_stage = SegStage(SegWriter(algorithm), dry_run, pipe)
     record_stage = RecordStage(algorithm, pipe, on_study)
     reader_args = (list(refs), archive, new_study, run_path.parent, fetch_retry_delays, pipe, in_flight)
-    threads = [threading.Thread(target=run_guarded, args=(pipe, read_studies, *reader_args), name="chunk-reader"),
+
+    def read_then_signal() -> None:
+        try:
+            run_guarded(pipe, read_studies, *reader_args)
+        finally:
+            signal_last_study()  # a reader that stopped early
+
+    threads = [threading.Thread(target=read_then_signal, name="chunk-reader"),
                threading.Thread(target=run_guarded, args=(pipe, seg_stage.run), name="chunk-seg-writer"),
                threading.Thread(target=run_guarded, args=(pipe, record_stage.run), name="chunk-recorder")]
     for thread in threads:

@@ -303,3 +303,66 @@ def test_the_nightly_flow_runs_chunks_side_by_side_and_a_failed_chunk_fails_its_
     assert night["succeeded"] == night["stored"] == 9  # the three other studies, four chunks of one study
     ledger = Ledger(tmp_path / "runs" / "ledger.sqlite")
     assert sum(ledger.counts().values()) == 9 and ledger.counts().get("done") == 9
+
+
+def test_on_last_study_is_called_once_as_the_reader_starts_the_last_study(tmp_path, monkeypatch):
+    """The nightly starts the next chunk then, so its start-up overlaps this chunk's last study."""
+    import pipeline.chunk_stages as stages
+
+    studies = write_archive(tmp_path / "inbox", studies=3)
+    fetched: list[str] = []
+    calls: list[list[str]] = []
+    real_fetch = stages.fetch_with_retries
+
+    def fetch(archive, study, *args):
+        fetched.append(study.ref.study_uid)
+        return real_fetch(archive, study, *args)
+
+    monkeypatch.setattr(stages, "fetch_with_retries", fetch)
+    chunk(tmp_path, ThresholdModel(), on_last_study=lambda: calls.append(list(fetched)))
+    assert calls == [studies[:2]]  # once, after the first two fetches and before the last one
+
+
+def test_a_chunk_starts_when_the_one_before_starts_its_last_study(monkeypatch):
+    """flows.nightly._segment_chunks with stand-in chunk tasks: chunk 2 is submitted only once chunk 1
+    has said it started its last study, never more than CHUNKS_IN_FLIGHT run at once, and a chunk that
+    ends without saying so (failed, cached) does not hold the night up."""
+    import concurrent.futures
+    import threading
+    from types import SimpleNamespace
+
+    import flows.nightly as nightly
+    from pipeline.night_chunks import NightChunk
+
+    log: list[str] = []
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+    release = {i: threading.Event() for i in range(3)}
+
+    def run(i: int, key: str) -> None:
+        log.append(f"start {i}")
+        if i != 1:  # chunk 1 ends without signalling, like a cached chunk
+            time.sleep(0.1)  # its first studies
+            log.append(f"signal {i}")
+            nightly._LAST_STUDY_STARTED[key].set()
+        release[i].wait(5)
+        log.append(f"end {i}")
+
+    def submit(refs, last_study_key):
+        i = int(refs[0])
+        log.append(f"submit {i}")
+        future = pool.submit(run, i, last_study_key)
+        state = SimpleNamespace(name="Completed", result=lambda: nightly.ChunkResult([], {}, 0, 0.0, 0.0, 0))
+        return SimpleNamespace(wrapped_future=future, wait=lambda: future.result(), state=state)
+
+    monkeypatch.setattr(nightly, "get_run_logger", lambda: SimpleNamespace(error=lambda *a: None))
+    chunks = [NightChunk(chunk_id=str(i), studies=(str(i),)) for i in range(3)]
+    threading.Timer(0.3, release[0].set).start()
+    threading.Timer(0.6, release[1].set).start()
+    threading.Timer(0.9, release[2].set).start()
+    nightly._segment_chunks(chunks, submit)
+    assert log.index("submit 1") > log.index("signal 0")  # after chunk 0 said it started its last study
+    assert log.index("submit 1") < log.index("end 0")  # but before it ended: the two overlap
+    assert log.index("submit 2") > log.index("end 0")  # two in flight at most: chunk 0 had to finish
+    assert log.index("submit 2") > log.index("end 1")  # chunk 1 never signalled: chunk 2 waited for its end
+    assert log.count("end 2") == 1  # and the night still finished
+    assert not nightly._LAST_STUDY_STARTED  # no event left behind

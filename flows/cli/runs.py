@@ -64,10 +64,13 @@ def run_nightly(
         from flows.dispatch import dispatch_night as run_night
     else:
         run_night = nightly
+    from flows.runtime import local_run_settings
+
     try:
-        summary = run_night(inbox=inbox, outbox=outbox, source_kind=source_kind, start_date=start_date,
-                            end_date=end_date, checkpoint=checkpoint, batch_size=batch_size, dry_run=dry_run,
-                            output_dir=output_dir, ledger_path=ledger_path)
+        with local_run_settings():
+            summary = run_night(inbox=inbox, outbox=outbox, source_kind=source_kind, start_date=start_date,
+                                end_date=end_date, checkpoint=checkpoint, batch_size=batch_size,
+                                dry_run=dry_run, output_dir=output_dir, ledger_path=ledger_path)
     except StudiesFailed as exc:  # data problems: the night finished, its summary says what failed
         summary = exc.summary
     except Exception as exc:  # noqa: BLE001 - the flow already logged the details

@@ -31,8 +31,11 @@ def run_demo(root: str | os.PathLike[str] = "demo-output", fresh: bool = True) -
     archive = write_demo_archive(root)
     print(f"demo archive: {len(archive.files)} instances dated {archive.study_date} in {archive.inbox}")
     date = f"{archive.study_date[:4]}-{archive.study_date[4:6]}-{archive.study_date[6:]}"
-    night = nightly(inbox=str(archive.inbox), outbox=str(root / "outbox"), start_date=date, end_date=date,
-                    output_dir=str(root / "runs"))
+    from flows.runtime import local_run_settings
+
+    with local_run_settings():
+        night = nightly(inbox=str(archive.inbox), outbox=str(root / "outbox"), start_date=date, end_date=date,
+                        output_dir=str(root / "runs"))
     report = audit(seg_dir=str(root / "outbox"), reference_dir=str(archive.references),
                    output_dir=night["run_dir"], source_dir=str(archive.inbox))
     return DemoResult(root, night, report)

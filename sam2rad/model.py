@@ -256,8 +256,18 @@ class Sam2Rad(nn.Module):
             hide = torch.rand(n, 1, 1, 1, device=logits.device) < self.logit_dropout
             logits = torch.where(hide, torch.zeros_like(logits), logits)
         coords, labels = clicks if clicks is not None else (None, None)
-        maps = click_maps(coords, labels, n, size, self.refiner_config.click_sigma_px, logits.device)
-        return self.refiner(feats.image, logits, maps, feats.image_embedding)
+        image, sigma, side = feats.image, self.refiner_config.click_sigma_px, size
+        cap = self.refiner_config.max_side
+        if cap is not None and size > cap:  # work at `cap`, hand back logits at the input size
+            side, scale = cap, cap / size
+            image = F.interpolate(image, size=(cap, cap), mode="area")
+            coords = None if coords is None else coords * scale
+            sigma = sigma * scale
+        maps = click_maps(coords, labels, n, side, sigma, logits.device)
+        refined = self.refiner(image, logits, maps, feats.image_embedding)
+        if side != size:
+            refined = F.interpolate(refined, size=(size, size), mode="bilinear", align_corners=False)
+        return refined
 
     def _class_rows(self, batch: int) -> torch.Tensor:
         return torch.arange(batch, device=self.device).repeat_interleave(self.num_classes)

@@ -28,6 +28,9 @@ class RefinerConfig:
     channels: tuple[int, int, int] = (8, 16, 32)  # at 1/1, 1/2 and 1/4 of the model input
     embed_channels: int = 32  # the encoder embedding, projected and joined at 1/4
     click_sigma_px: float = 6.0  # click maps: a Gaussian of this width (model pixels) per click
+    # The refiner works on at most this side: on a 512 input (SAM2) it cost as much as the decoder
+    # (auto/encoder 0.71 on CPU); the decoder's own logits are at 1/4 of the input, so 256 stays finer.
+    max_side: int | None = 256
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -35,6 +38,8 @@ class RefinerConfig:
             raise ValueError(f"refiner channels must be 3 positive widths, got {self.channels}")
         if self.click_sigma_px <= 0:
             raise ValueError("click_sigma_px must be > 0")
+        if self.max_side is not None and self.max_side < 16:
+            raise ValueError(f"max_side must be at least 16 (or None), got {self.max_side}")
 
     def to_dict(self) -> dict:
         return asdict(self)

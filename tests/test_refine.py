@@ -38,6 +38,31 @@ def test_untrained_refiner_is_exactly_the_decoder():
     np.testing.assert_array_equal(a.masks, b.masks)
 
 
+def test_refiner_works_at_most_at_max_side_and_answers_at_the_input_size(with_refiner):
+    """On a large input (SAM2 at 512) the refiner runs on a smaller grid (max_side) and its logits are
+    brought back to the input size, clicks scaled with the image."""
+    from dataclasses import replace as dc_replace
+    from types import SimpleNamespace
+
+    model = with_refiner
+    sides = []
+    hook = model.refiner.enc1.register_forward_hook(lambda mod, inp, out: sides.append(inp[0].shape[-1]))
+    saved = model.refiner_config
+    try:
+        model.refiner_config = dc_replace(saved, max_side=32)
+        feats = SimpleNamespace(image=torch.rand(2, 1, 64, 64), image_embedding=torch.rand(2, 256, 16, 16))
+        logits = torch.zeros(2, 1, 16, 16)
+        clicks = (torch.tensor([[[40.0, 20.0]], [[0.0, 0.0]]]), torch.tensor([[1], [-1]]))
+        out = model.refine(feats, logits, clicks)
+        model.refiner_config = dc_replace(saved, max_side=None)
+        full = model.refine(feats, logits, clicks)
+    finally:
+        model.refiner_config = saved
+        hook.remove()
+    assert sides == [32, 64]
+    assert out.shape == full.shape == (2, 1, 64, 64)
+
+
 def test_click_maps_mark_foreground_and_background_channels():
     coords = torch.tensor([[[10.0, 20.0], [40.0, 5.0], [0.0, 0.0]]])
     labels = torch.tensor([[1, 0, -1]])

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone, FeaturePyramid, ImageGeometry
+from .mask_parts import drop_small_parts
 
 
 @dataclass
@@ -56,8 +57,10 @@ def cat_pyramids(items: Sequence[FeaturePyramid], device: torch.device | str = "
 
 
 def predictions_from_rows(rows: DecodedRows, geometries: Sequence[ImageGeometry], backbone: Backbone,
-                          mode: str, class_names: tuple[str, ...], threshold: float = 0.0) -> list[Prediction]:
-    """One Prediction per geometry (image); classes without a row stay empty (manual mode)."""
+                          mode: str, class_names: tuple[str, ...], threshold: float = 0.0,
+                          min_part_fraction: float | None = None) -> list[Prediction]:
+    """One Prediction per geometry (image); classes without a row stay empty (manual mode).
+    min_part_fraction: drop mask parts smaller than this fraction of the largest (sam2rad/mask_parts.py)."""
     c = len(class_names)
     conf = rows.iou.float().clamp(0, 1)
     present = torch.ones_like(conf)
@@ -79,6 +82,8 @@ def predictions_from_rows(rows: DecodedRows, geometries: Sequence[ImageGeometry]
         masks = (backbone.postprocess(logits, geom) > threshold).cpu().numpy()
         for mask, r in zip(masks, idx):
             pred, k = preds[rows.image_index[r]], rows.class_index[r]
+            if min_part_fraction is not None:
+                mask = drop_small_parts(mask, min_part_fraction)
             pred.masks[k] = mask & bool(small[r, 1])
             pred.scores[k] = small[r, 0]
             pred.boxes[k] = small[r, 2:] / geom.scale

@@ -21,6 +21,7 @@ from torch import nn
 from .backbones.base import Backbone, DecoderOutput, FeaturePyramid, ImageGeometry
 from .batched_decode import DecodedRows, Prediction, cat_pyramids, predictions_from_rows
 from .ppn import PPNConfig, PPNOutput, build_ppn
+from .mask_parts import DEFAULT_MIN_PART_FRACTION
 from .mask_box import DEFAULT_MARGIN_PX, boxes_from_logits, grow_boxes_to_clicks
 from .refine import MaskRefiner, RefinerConfig, click_maps
 
@@ -127,6 +128,8 @@ class Sam2Rad(nn.Module):
         self.box_from_mask_margin_px: float | None = DEFAULT_MARGIN_PX
         # A foreground click outside the box grows the box to hold it (+ margin); None: boxes stay.
         self.click_box_margin_px: float | None = DEFAULT_MARGIN_PX
+        # auto drops mask parts under this fraction of the largest part (sam2rad/mask_parts.py); None: keep all.
+        self.min_part_fraction: float | None = DEFAULT_MIN_PART_FRACTION
         self.logit_dropout = 0.0  # set by the Trainer (TrainConfig.refiner_logit_dropout); never saved
 
     @property
@@ -296,7 +299,7 @@ class Sam2Rad(nn.Module):
         if mode == "auto":  # every (image, class) row in one call: the training path, batched
             rows = self._decode_auto(cat_pyramids([e.features for e in encoded], self.device))
             return predictions_from_rows(rows, [e.geometry for e in encoded], self.backbone, mode,
-                                         self.class_names, self.mask_threshold)
+                                         self.class_names, self.mask_threshold, self.min_part_fraction)
         # A reader's prompts differ from image to image (and from class to class): one image at a time.
         return [predictions_from_rows(self._decode_prompted(enc, mode, p), [enc.geometry], self.backbone, mode,
                                       self.class_names, self.mask_threshold)[0]

@@ -101,3 +101,16 @@ def test_a_foreground_click_outside_the_box_grows_the_box_to_hold_it():
     assert grown[0].tolist() == [10.0, 10.0, 85.0, 50.0]  # x1 = 80 + 1 + 4
     assert grown[1].tolist() == [10.0, -2.0, 65.0, 50.0]  # the remove-click does not grow it
     assert grown[2].tolist() == [10.0, 10.0, 50.0, 50.0]
+
+
+def test_auto_drops_mask_parts_far_smaller_than_the_main_one():
+    from sam2rad.mask_parts import drop_small_parts
+
+    mask = np.zeros((40, 40), bool)
+    mask[5:15, 5:25] = True  # the structure: 200 px
+    mask[30:34, 30:34] = True  # 16 px: under a tenth, dropped
+    mask[20:25, 2:7] = True  # 25 px: kept
+    out = drop_small_parts(mask, 0.1)
+    assert out[5:15, 5:25].all() and out[20:25, 2:7].all() and not out[30:34, 30:34].any()
+    assert out.sum() == 225
+    assert drop_small_parts(np.zeros((4, 4), bool)).sum() == 0

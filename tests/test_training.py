@@ -155,7 +155,7 @@ def test_training_click_lands_on_or_beside_the_structure():
 
 def test_forward_with_clicks_decodes_clicked_rows_like_semi_mode(trained):
     """Rows without a click are decoded as before; a clicked row gets the point token in front of its
-    box and extra tokens, which is what semi mode feeds the decoder."""
+    box (grown to hold an add-click) and extra tokens, which is what semi mode feeds the decoder."""
     trainer, _, _ = trained
     model = trainer.model.eval()
     examples = trainer._examples(load_spec("synthetic:3:5")[0], 1, 0, "clicks")
@@ -166,7 +166,7 @@ def test_forward_with_clicks_decodes_clicked_rows_like_semi_mode(trained):
         plain = model(feats).decoder_logits
         out = model(feats, clicks=(coords, labels))
         clicked, ppn_out = out.decoder_logits, out.ppn
-        sparse, dense, _ = model.prompts_from_ppn(ppn_out)
+        sparse, dense, _ = model.prompts_from_ppn(ppn_out, clicks=(coords, labels))
         point = model.backbone.prompt_encoder._embed_points(coords[:1], labels[:1], pad=False)
         expected = model.backbone.decode(feats.select([0]), torch.cat([point, sparse[:1]], 1), dense[:1])
     assert torch.allclose(clicked[1], plain[1], atol=1e-4)
@@ -177,3 +177,21 @@ def test_forward_with_clicks_decodes_clicked_rows_like_semi_mode(trained):
 def test_click_fraction_must_be_a_fraction():
     with pytest.raises(ValueError, match="click_fraction"):
         TrainConfig(click_fraction=1.5).validate()
+
+
+def test_fit_trains_without_grown_click_boxes_by_default_and_gives_the_model_back_as_it_was(trained):
+    """grow_click_boxes False (the shipped recipe): clicked rows keep their box while training; the
+    model's own inference behaviour (an add-click grows the box) comes back after fit."""
+    from sam2rad.mask_box import DEFAULT_MARGIN_PX
+
+    trainer, _, _ = trained
+    assert TrainConfig().grow_click_boxes is False and trainer.cfg.grow_click_boxes is False
+    assert trainer.model.click_box_margin_px == DEFAULT_MARGIN_PX
+    seen = []
+    real = trainer._fit
+    trainer._fit = lambda *a: seen.append(trainer.model.click_box_margin_px)
+    try:
+        trainer.fit(load_spec("synthetic:2:9")[0], [], progress=False)
+    finally:
+        trainer._fit = real
+    assert seen == [None] and trainer.model.click_box_margin_px == DEFAULT_MARGIN_PX

@@ -63,6 +63,8 @@ def main() -> None:
 
     cached = Trainer(TrainConfig(**base), device=args.device).fit(train, val, progress=False)
     un_epochs = args.uncached_epochs or args.epochs
+    if un_epochs < 2:
+        ap.error("--uncached-epochs must be at least 2 (its later epochs give the per-epoch cost), or 0")
     if val and un_epochs < args.val_every and un_epochs != args.epochs:
         ap.error("--uncached-epochs must reach a validation (at least --val-every), so its cost is measured")
     uncached = Trainer(TrainConfig(**{**base, "epochs": un_epochs, "cache": "none"}),

@@ -97,32 +97,34 @@ def _segment_chunks(chunks: list[NightChunk], submit: Callable[..., PrefectFutur
     """Every chunk's studies and study errors (each error logged).
 
     A chunk starts when the one before it starts reading its last study: its start-up, fetches and
-    decodes overlap the other's last study, model calls, SEGs and stores, so the model is not idle between chunks, and the two
-    do not compete for the CPU all along (measured: two chunks started together fed an instant model
-    at 0.75x the plain loop). At most CHUNKS_IN_FLIGHT run at once; model calls stay one at a time
+    decodes overlap the other's last study, model calls, SEGs and stores, so the model is not idle
+    between chunks, and the two do not compete for the CPU all along (measured: two chunks started
+    together fed an instant model at 0.75x the plain loop). At most CHUNKS_IN_FLIGHT run at once; model calls stay one at a time
     (the gpu slot, and one lock per model object)."""
     results: list[StudyResult] = []
     study_errors: dict[str, str] = {}
     in_flight: deque[tuple[list[StudyRef], PrefectFuture, str]] = deque()
+
+    def collect_oldest() -> None:
+        refs, future, key = in_flight.popleft()
+        try:
+            finished, errors = _chunk_results(refs, future)
+        finally:
+            _LAST_STUDY_STARTED.pop(key, None)
+        results.extend(finished)
+        study_errors.update(errors)
+
     try:
         for chunk in chunks:
             if in_flight:
                 _wait_until_last_study(*in_flight[-1][1:])
             while len(in_flight) >= CHUNKS_IN_FLIGHT:
-                refs, future, key = in_flight.popleft()
-                finished, errors = _chunk_results(refs, future)
-                _LAST_STUDY_STARTED.pop(key, None)
-                results += finished
-                study_errors |= errors
+                collect_oldest()
             refs, key = list(chunk.studies), uuid.uuid4().hex
             _LAST_STUDY_STARTED[key] = threading.Event()
             in_flight.append((refs, submit(refs=refs, last_study_key=key), key))
         while in_flight:
-            refs, future, key = in_flight.popleft()
-            finished, errors = _chunk_results(refs, future)
-            _LAST_STUDY_STARTED.pop(key, None)
-            results += finished
-            study_errors |= errors
+            collect_oldest()
     finally:
         for _, _, key in in_flight:
             _LAST_STUDY_STARTED.pop(key, None)
@@ -152,7 +154,7 @@ def nightly(inbox: str | None = None, outbox: str | None = None, source_kind: st
     (flows/dispatch.py), whose chunks free workers of the GPU pool pull.
     sink_kind: where SEGs go when that differs from the source (e.g. read a VNA folder, store to PACS).
     studies_per_chunk: studies per `segment-chunk` task (one task run, fetch/decode/store overlapped
-    with the model inside it; two chunks run side by side); a chunk is also what a transient PACS
+    with the model inside it; the next chunk starts as this one starts its last study); a chunk is also what a transient PACS
     error retries, and what a MemoryError or a `gpu` slot timeout fails as a whole.
     """
     if mode != "auto":

@@ -105,11 +105,12 @@ def run_chunk(settings: PacsSettings, refs: Sequence[StudyRef], checkpoint: str 
     outbox = Outbox(sink_settings.store_outbox)
 
     last_ref = refs[-1] if refs else None
-    signalled = threading.Event()
+    signalled = False  # only the reader thread signals
 
     def signal_last_study() -> None:
-        if on_last_study is not None and not signalled.is_set():
-            signalled.set()
+        nonlocal signalled
+        if on_last_study is not None and not signalled:
+            signalled = True
             on_last_study()
 
     def new_study(ref: StudyRef) -> StudyWork:

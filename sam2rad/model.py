@@ -201,8 +201,8 @@ class Sam2Rad(nn.Module):
         if boxes_px is not None:
             keep = torch.isnan(boxes_px).any(dim=1, keepdim=True)
             box_px = torch.where(keep, box_px, torch.nan_to_num(boxes_px))
-        if clicks is not None and self.click_box_margin_px is not None:
-            box_px = grow_boxes_to_clicks(box_px, clicks[0], clicks[1], self.click_box_margin_px).clamp(0, size)
+        if clicks is not None:
+            box_px = self._grow_to_clicks(box_px, clicks)
         pe = self.backbone.prompt_encoder
         box_emb = pe._embed_boxes(box_px)  # frozen encoder, gradients still reach the PPN's box
         sparse = torch.cat([box_emb, ppn_out.extra_tokens], dim=1)
@@ -360,6 +360,14 @@ class Sam2Rad(nn.Module):
                                  align_corners=False)
         return points, box, mask
 
+    def _grow_to_clicks(self, box_px: torch.Tensor, clicks: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Boxes grown to hold their add-clicks (sam2rad/mask_box.py), within the input; as they are when
+        `click_box_margin_px` is None."""
+        if self.click_box_margin_px is None:
+            return box_px
+        grown = grow_boxes_to_clicks(box_px, clicks[0], clicks[1], self.click_box_margin_px)
+        return grown.clamp(0, float(self.backbone.input_size))
+
     def _mask_boxes(self, out: ForwardOutput) -> torch.Tensor | None:
         """Second-pass box prompts from a first pass's masks (None when the model does not cascade)."""
         if self.box_from_mask_margin_px is None:
@@ -401,9 +409,8 @@ class Sam2Rad(nn.Module):
                     pts, box, mask = self._to_model_space(p, enc.geometry)
                     if box is not None:  # the reader's box is used as drawn
                         box_px[k:k + 1] = box
-                    elif pts is not None and self.click_box_margin_px is not None:
-                        box_px[k:k + 1] = grow_boxes_to_clicks(box_px[k:k + 1], *pts, self.click_box_margin_px
-                                                               ).clamp(0, float(be.input_size))
+                    elif pts is not None:
+                        box_px[k:k + 1] = self._grow_to_clicks(box_px[k:k + 1], pts)
                     user_sparse, _ = be.encode_prompts(points=pts, boxes=box_px[k:k + 1])
                     s_k = torch.cat([user_sparse, ppn_out.extra_tokens[k:k + 1]], dim=1)
                     if mask is not None:

@@ -95,3 +95,47 @@ def jitter_refiner_input(image: torch.Tensor, generator: torch.Generator, streng
     blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     x = torch.where(uniform(0, 1) < 0.3, blurred, x)
     return low + x.clamp(0, 1.5) * span
+
+
+def warp_rows(feats: "FeaturePyramid", masks: list[np.ndarray], rng: np.random.Generator, probability: float,
+              zoom: float = 0.12, shift: float = 0.06, degrees: float = 8.0) -> tuple["FeaturePyramid", list[np.ndarray]]:
+    """A fresh small affine warp per image, applied to its cached encoding and its target masks alike.
+
+    Why: encoding is what a training step cannot afford, so each image has only a few encoded
+    augmented copies, and the PPN and refiner learn their exact framing. The encoder's feature maps
+    shift and scale nearly with the image (convolutions and local attention), so warping every level
+    of the pyramid, the refiner's grey input and the masks by the same small transform gives new
+    framings each step for the cost of a grid_sample. Rows repeat per class (image-major), as masks do.
+    """
+    from .backbones.base import FeaturePyramid
+
+    n = feats.batch_size
+    per_image = len(masks) // max(n, 1)
+    theta = torch.eye(2, 3).repeat(n, 1, 1)
+    for i in range(n):
+        if rng.random() >= probability:
+            continue
+        z = rng.uniform(1 - zoom, 1 + zoom)
+        a = math.radians(rng.uniform(-degrees, degrees))
+        tx, ty = rng.uniform(-shift, shift, 2) * 2  # normalised coordinates span 2
+        cos, sin = math.cos(a) / z, math.sin(a) / z
+        theta[i] = torch.tensor([[cos, -sin, tx], [sin, cos, ty]])
+    moved = theta.sub(torch.eye(2, 3)).abs().sum(dim=(1, 2)) > 0
+    if not moved.any():
+        return feats, masks
+
+    def warp(t: torch.Tensor, mode: str = "bilinear", padding: str = "border") -> torch.Tensor:
+        th = theta.to(t.device, t.dtype).repeat_interleave(t.shape[0] // n, dim=0)
+        grid = F.affine_grid(th, list(t.shape), align_corners=False)
+        return F.grid_sample(t, grid, mode=mode, padding_mode=padding, align_corners=False)
+
+    warped = FeaturePyramid(warp(feats.image_embedding), [warp(lvl) for lvl in feats.levels],
+                            None if feats.high_res is None else [warp(h) for h in feats.high_res],
+                            None if feats.image is None else warp(feats.image))
+    stack = torch.as_tensor(np.stack(masks).astype(np.float32))[:, None]
+    if per_image > 1:
+        stack = stack.reshape(n, per_image, *stack.shape[-2:])
+        out = warp(stack, padding="zeros").reshape(n * per_image, *stack.shape[-2:])
+    else:
+        out = warp(stack, padding="zeros")[:, 0]
+    return warped, [m for m in (out.numpy() > 0.5)]

@@ -24,6 +24,7 @@ from .ppn import PPNConfig, PPNOutput, build_ppn
 from .mask_parts import DEFAULT_MIN_PART_FRACTION
 from .mask_box import DEFAULT_MARGIN_PX, boxes_from_logits, grow_boxes_to_clicks
 from .refine import MaskRefiner, RefinerConfig, click_maps
+from .click_edit import DEFAULT_CLICK_REACH_PX, auto_base, keep_changes_at_clicks
 
 Mode = Literal["auto", "semi", "manual"]
 MODES: tuple[str, ...] = ("auto", "semi", "manual")
@@ -89,6 +90,7 @@ class EncodedImage:
     features: FeaturePyramid  # one row
     geometry: ImageGeometry
     auto_boxes: torch.Tensor | None = None  # (C, 4) the second-pass boxes, computed on first use
+    auto_logits: torch.Tensor | None = None  # (C, 1, s, s) auto's final logits: what a click edits
 
 
 @dataclass
@@ -130,6 +132,9 @@ class Sam2Rad(nn.Module):
         self.click_box_margin_px: float | None = DEFAULT_MARGIN_PX
         # auto drops mask parts under this fraction of the largest part (sam2rad/mask_parts.py); None: keep all.
         self.min_part_fraction: float | None = DEFAULT_MIN_PART_FRACTION
+        # semi: a reader's clicks keep only the changes connected to them (sam2rad/click_edit.py); None: the
+        # whole re-decoded mask is taken.
+        self.click_reach_px: float | None = DEFAULT_CLICK_REACH_PX
         self.logit_dropout = 0.0  # set by the Trainer (TrainConfig.refiner_logit_dropout); never saved
 
     @property
@@ -298,6 +303,7 @@ class Sam2Rad(nn.Module):
         self.eval()
         if mode == "auto":  # every (image, class) row in one call: the training path, batched
             rows = self._decode_auto(cat_pyramids([e.features for e in encoded], self.device))
+            self._remember_auto(encoded, rows)
             return predictions_from_rows(rows, [e.geometry for e in encoded], self.backbone, mode,
                                          self.class_names, self.mask_threshold, self.min_part_fraction)
         # A reader's prompts differ from image to image (and from class to class): one image at a time.
@@ -384,6 +390,32 @@ class Sam2Rad(nn.Module):
                            class_index=list(range(c)) * feats.batch_size, logits=out.logits, iou=out.iou,
                            object_logit=out.object_logit, boxes_px=out.boxes_px)
 
+    def _remember_auto(self, encoded: Sequence[EncodedImage], rows: DecodedRows) -> None:
+        """Keep each image's auto result with its encoding: semi starts from it (no decode again)."""
+        index = torch.as_tensor(rows.image_index, device=rows.logits.device)
+        for i, enc in enumerate(encoded):
+            sel = (index == i).nonzero()[:, 0]
+            enc.auto_logits = rows.logits[sel].detach()
+            if self.box_from_mask_margin_px is not None:
+                enc.auto_boxes = rows.boxes_px[sel].detach()
+
+    def _auto_for_semi(self, enc: EncodedImage, ppn_out: PPNOutput) -> None:
+        """auto's second-pass boxes and final logits for this encoding, once (not per click)."""
+        if enc.auto_logits is not None and (enc.auto_boxes is not None or self.box_from_mask_margin_px is None):
+            return
+        first = self(enc.features, ppn_out=ppn_out)
+        enc.auto_boxes = self._mask_boxes(first)
+        enc.auto_logits = first.logits if enc.auto_boxes is None else \
+            self(enc.features, boxes_px=enc.auto_boxes, ppn_out=ppn_out).logits
+
+    def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """A points-only correction: auto's mask plus the changes that touch the clicks."""
+        if self.click_reach_px is None or enc.auto_logits is None:
+            return logits
+        base = auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
+        return keep_changes_at_clicks(base, logits, coords[0].cpu().numpy(), self.backbone.input_size,
+                                      self.mask_threshold, self.click_reach_px)
+
     def _decode_prompted(self, enc: EncodedImage, mode: str, by_class: dict[int, Prompts]) -> DecodedRows:
         """semi and manual: one image, rows decoded one by one (their numbers of point tokens differ)."""
         be = self.backbone
@@ -398,9 +430,7 @@ class Sam2Rad(nn.Module):
                 rows.append((k, out, out.low_res_logits, no_box if box is None else box))
         else:
             ppn_out = self.ppn(enc.features)
-            if enc.auto_boxes is None and self.box_from_mask_margin_px is not None:
-                # once per encoding, not per click
-                enc.auto_boxes = self._mask_boxes(self(enc.features, ppn_out=ppn_out))
+            self._auto_for_semi(enc, ppn_out)
             sparse, dense, box_px = self.prompts_from_ppn(ppn_out, enc.auto_boxes)
             for k in range(self.num_classes):
                 s_k, d_k, pts = sparse[k:k + 1], dense[k:k + 1], None
@@ -416,7 +446,10 @@ class Sam2Rad(nn.Module):
                     if mask is not None:
                         d_k = be.prompt_encoder._embed_masks(mask)
                 out = be.decode(enc.features, s_k, d_k)
-                rows.append((k, out, self.refine(enc.features, out.low_res_logits, pts), box_px[k:k + 1]))
+                logits = self.refine(enc.features, out.low_res_logits, pts)
+                if p is not None and pts is not None and p.box is None and p.mask is None:
+                    logits = self._edit_at_clicks(enc, k, logits, pts[0])
+                rows.append((k, out, logits, box_px[k:k + 1]))
         outs = [out for _, out, _, _ in rows]
         obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])
         return DecodedRows(image_index=[0] * len(rows), class_index=[k for k, _, _, _ in rows],

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .augment import augment, jitter_refiner_input
+from .augment import augment, jitter_refiner_input, warp_rows
 from .backbones.base import FeaturePyramid
 from .clicks import error_click, training_click
 from .mask_box import boxes_from_logits
@@ -65,6 +65,9 @@ class TrainConfig:
     # default: the shipped recipe trained without it and was no worse (see mask_box_fraction).
     grow_click_boxes: bool = False
     refiner_logit_dropout: float = 0.0  # rows whose decoder logits the refiner does not see in training
+    # Rows whose cached encoding, refiner input and masks get a fresh small affine warp each step
+    # (sam2rad/augment.py: warp_rows): new framings without encoding more copies.
+    feature_warp: float = 0.0
     refiner_jitter: float = 1.0  # strength of fresh grey-level changes of the refiner's input each step (0: none)
     val_every: int = 10
     seed: int = 0
@@ -96,7 +99,7 @@ class TrainConfig:
             raise ValueError(f"cache must be memory, disk or none, got {self.cache!r}")
         if self.cache == "disk" and not self.cache_dir:
             raise ValueError("cache='disk' needs cache_dir")
-        for name in ("gt_box_fraction", "click_fraction", "mask_box_fraction"):
+        for name in ("gt_box_fraction", "click_fraction", "mask_box_fraction", "feature_warp"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.epochs < 1 or self.batch_size < 1 or self.augment_copies < 1 or self.val_every < 1:
@@ -179,6 +182,8 @@ class Trainer:
             feats = replace(feats, image=jitter_refiner_input(feats.image, self._jitter_rng,
                                                                           self.cfg.refiner_jitter))
         masks = [m for e in batch for m in e.target]  # rows image-major, class-minor
+        if self.cfg.feature_warp > 0:
+            feats, masks = warp_rows(feats, masks, rng, self.cfg.feature_warp)
         targets = make_targets(masks)
         n = len(targets.present)
         size = self.model.backbone.input_size

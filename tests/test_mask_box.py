@@ -25,7 +25,7 @@ def test_box_is_clipped_to_the_model_input():
     assert boxes_from_logits(logits, input_size=32, margin_px=8)[0].tolist() == [20.0, 0.0, 32.0, 12.0]
 
 
-def test_semi_mode_computes_the_second_pass_box_once_per_encoding():
+def test_semi_mode_reuses_autos_second_pass_box_or_makes_it_once_per_encoding():
     from sam2rad.checkpoint import load_checkpoint
     from sam2rad.model import Prompts
 
@@ -39,8 +39,13 @@ def test_semi_mode_computes_the_second_pass_box_once_per_encoding():
     model._mask_boxes = lambda out: calls.append(1) or original(out)
     first = model.predict(image, "semi", Prompts(points=[(60, 52)], labels=[1]))[0]
     model.predict(image, "semi", Prompts(points=[(60, 52), (100, 80)], labels=[1, 0]))
-    assert model.encoder_calls == encoded and len(calls) == 1
+    assert model.encoder_calls == encoded and len(calls) == 0  # auto kept its boxes with the encoding
     np.testing.assert_allclose(first.boxes, auto.boxes, atol=1e-4)  # the predicted prompt is auto's box
+    model.clear_cache()  # semi without an auto before it: the second-pass box is made once
+    model.predict(image, "semi", Prompts(points=[(60, 52)], labels=[1]))
+    again = model.predict(image, "semi", Prompts(points=[(60, 52), (100, 80)], labels=[1, 0]))[0]
+    assert len(calls) == 1
+    np.testing.assert_allclose(again.boxes, auto.boxes, atol=1e-4)
     model.box_from_mask_margin_px = None  # the one-pass path still works
     assert model.predict(image, "auto")[0].masks.shape == (1, 96, 128)
 

@@ -31,14 +31,17 @@ THREADS = 2
 TRAIN_SEED, TEST_SEED = 0, 7  # per generator: training images and held-out images never overlap
 
 
-def train_sam2rad(train_samples, epochs=None, seed=0):
-    """What `sam2rad train --data <train_samples>` does: TrainConfig defaults (only epochs/seed
-    overridden when given), the CLI's default training plan (plan_training), then Trainer.fit."""
+def train_sam2rad(train_samples, epochs=None, seed=0, init=None):
+    """What `sam2rad train --data <train_samples>` does: TrainConfig defaults (only epochs/seed/init
+    overridden when given), the CLI's default training plan (plan_training), then Trainer.fit.
+    Returns (model, where training started)."""
     from sam2rad.train import TrainConfig, Trainer, plan_training
 
-    cfg = TrainConfig.from_dict({k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None})
+    given = {"epochs": epochs, "seed": seed, "init": init}
+    cfg = TrainConfig.from_dict({k: v for k, v in given.items() if v is not None})
     plan = plan_training(train_samples, seed=cfg.seed)
-    return Trainer(cfg, device="cpu").fit(plan.train, plan.val, progress=False).model
+    trainer = Trainer(cfg, device="cpu")
+    return trainer.fit(plan.train, plan.val, progress=False).model, trainer.init_note
 
 
 def load_generator(gen: str, n: int, seed: int):
@@ -143,6 +146,9 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs each, 5 training / 4 test images")
     ap.add_argument("--only", choices=("sam2rad", "unet"), default=None)
+    ap.add_argument("--init", default=None, help="Sam2Rad starting weights (TrainConfig.init; default auto: the "
+                    "shipped PPN pretrained on 150 generated A images). With it, rows tested on A are not "
+                    "A-unseen: the start saw other A images. 'none' for 10 images and nothing else.")
     ap.add_argument("--directions", default="A,B", help="training generators, comma list of A and B")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_generalisation"))
     args = ap.parse_args()
@@ -159,8 +165,9 @@ def main() -> None:
         train = load_generator(gen, args.n_train, TRAIN_SEED)
         if args.only in (None, "sam2rad"):
             t = time.perf_counter()
-            model = train_sam2rad(train, args.epochs_sam2rad)
+            model, meta["init"] = train_sam2rad(train, args.epochs_sam2rad, init=args.init)
             meta["seconds"][f"sam2rad_train_{gen}"] = round(time.perf_counter() - t, 1)
+            print(f"sam2rad starting weights: {meta['init']}", flush=True)
             for te, samples in tests.items():
                 rows += eval_sam2rad(model, samples, {"train_gen": gen, "test_gen": te})
             print(f"[{time.strftime('%H:%M:%S')}] sam2rad trained on {gen}: {meta['seconds'][f'sam2rad_train_{gen}']} s", flush=True)

@@ -32,6 +32,7 @@ from .metrics import dice
 from .model import Sam2Rad, build_sam2rad
 from .ppn import PPNConfig
 from .refine import RefinerConfig
+from .init_weights import apply_init
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
            "training_click", "augment"]
@@ -45,6 +46,9 @@ class TrainConfig:
     class_names: tuple[str, ...] = ("bone",)
     ppn: PPNConfig = field(default_factory=PPNConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    # Starting weights (sam2rad/init_weights.py): "auto" takes the shipped pretrained PPN and refiner
+    # where they fit the backbone, classes and configs; "pretrained", "none" or a checkpoint path.
+    init: str = "auto"
     epochs: int = 100  # a fixed schedule: with <= 20 images nothing is held out to pick an epoch
     batch_size: int = 4
     lr: float = 1e-3
@@ -133,6 +137,7 @@ class TrainResult:
     encodings: int
     cache_hits: int
     seconds_encoding: float = 0.0  # the up-front encoding of every cached (image, augmentation)
+    init_note: str = ""  # where training started (sam2rad/init_weights.py)
 
 
 class Trainer:
@@ -147,9 +152,13 @@ class Trainer:
         # SAM2 without a local checkpoint trains on random weights: only useful for tests.
         pretrained = cfg.backbone == "litemedsam" or cfg.backbone_checkpoint is not None
         refiner = cfg.refiner if cfg.refiner.enabled else None
-        self.model = model or build_sam2rad(cfg.backbone, cfg.ppn, cfg.class_names, refiner_config=refiner,
-                                            checkpoint=cfg.backbone_checkpoint, input_size=cfg.input_size,
-                                            pretrained=pretrained)
+        if model is None:
+            model = build_sam2rad(cfg.backbone, cfg.ppn, cfg.class_names, refiner_config=refiner,
+                                  checkpoint=cfg.backbone_checkpoint, input_size=cfg.input_size, pretrained=pretrained)
+            self.init_note = apply_init(model, cfg.init)
+        else:
+            self.init_note = "the model given to the Trainer"
+        self.model = model
         self.model.to(self.device)
         self.model.logit_dropout = cfg.refiner_logit_dropout
         self.cache = FeatureCache(self.model, cfg.cache, cfg.cache_dir)
@@ -353,7 +362,7 @@ class Trainer:
         self.model.eval()
         return TrainResult(self.model, best[0], best[1], history, elapsed,
                            best[3] if best[2] is not None else elapsed, self.cache.misses, self.cache.hits,
-                           seconds_encoding)
+                           seconds_encoding, self.init_note)
 
 
 def _progress(it, enabled: bool, desc: str):
@@ -406,6 +415,7 @@ def training_summary(train: Sequence[Sample], val: Sequence[Sample], cfg: TrainC
         "n_train": len(train), "n_val": len(val),
         "train_names": [s.name for s in train][:50],
         "config": replace(cfg, cache_dir=None).to_dict(),
+        "init": result.init_note,
         "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
         "encodings": result.encodings,
     }

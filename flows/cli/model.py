@@ -18,6 +18,7 @@ def train(
     backbone: Optional[str] = typer.Option(None, help="litemedsam (default) or sam2[.1]_hiera_{t,s,b+,l}."),
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones (never downloaded)."),
     input_size: Optional[int] = typer.Option(None, help="SAM2 input size: 512 or 1024."),
+    init: Optional[str] = typer.Option(None, help="Starting weights: auto (default: the shipped PPN and refiner pretrained on 150 generated images, where they fit the backbone and classes; else random), pretrained (that, or an error), none (random), or a checkpoint path to fine-tune."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (one pass over the training images each)."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule with warm-up)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per optimiser step."),
@@ -38,7 +39,7 @@ def train(
     from sam2rad.train import Trainer, plan_training, training_summary
 
     torch.set_num_threads(threads)
-    flags = dict(backbone=backbone, backbone_checkpoint=backbone_checkpoint, input_size=input_size, epochs=epochs,
+    flags = dict(backbone=backbone, backbone_checkpoint=backbone_checkpoint, input_size=input_size, init=init, epochs=epochs,
                  lr=lr, batch_size=batch_size, augment_copies=augment_copies, val_every=val_every, cache=cache,
                  cache_dir=cache_dir, seed=seed)
     try:
@@ -50,7 +51,12 @@ def train(
     train_set, val_set = plan.train, plan.val
     refiner = "with the mask refiner" if cfg.refiner.enabled else "without a refiner"
     typer.echo(f"training PPN on {cfg.backbone} {refiner}, {cfg.epochs} epochs ({source}): {plan.note}")
-    result = Trainer(cfg, device=device).fit(train_set, val_set)
+    try:
+        trainer = Trainer(cfg, device=device)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"starting weights: {trainer.init_note}")
+    result = trainer.fit(train_set, val_set)
     summary = training_summary(train_set, val_set, cfg, result, source) | {"plan": plan.note}
     card = save_checkpoint(result.model, out, summary,
                            {"best_val_dice_auto": result.best_val_dice} if val_set else {})

@@ -1,0 +1,56 @@
+"""What a caller hands the model: a reader's prompts and an image, checked before any work starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_NUMERIC_KINDS = "uif"  # unsigned, signed, float; bool/complex/object/str are refused
+
+
+@dataclass
+class Prompts:
+    """A reader's prompts for one class of one image, in source-image pixels (x, y)."""
+
+    points: np.ndarray | None = None  # (P, 2)
+    labels: np.ndarray | None = None  # (P,) 1 = inside the structure, 0 = outside
+    box: np.ndarray | None = None  # (4,) x0, y0, x1, y1
+    mask: np.ndarray | None = None  # (H, W) prior mask (bool or probability)
+    class_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.points is not None:
+            self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+            labels = np.ones(len(self.points)) if self.labels is None else self.labels
+            self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+            if len(self.labels) != len(self.points):
+                raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
+            if not np.isin(self.labels, (0, 1)).all():
+                raise ValueError("point labels must be 1 (foreground) or 0 (background)")
+        if self.box is not None:
+            self.box = np.asarray(self.box, dtype=np.float32).reshape(-1)
+            if self.box.shape != (4,) or not np.isfinite(self.box).all():
+                raise ValueError(f"box must be 4 finite numbers x0, y0, x1, y1, got {self.box}")
+            if self.box[2] < self.box[0] or self.box[3] < self.box[1]:
+                raise ValueError(f"box corners are reversed: {self.box.tolist()} (want x0 <= x1, y0 <= y1)")
+
+    @property
+    def empty(self) -> bool:
+        return self.points is None and self.box is None and self.mask is None
+
+
+def validate_image(image: object, name: str = "image") -> np.ndarray:
+    """Refuse what the model cannot take, with a message that says what is wrong."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.dtype.kind not in _NUMERIC_KINDS:
+        raise ValueError(f"{name} has dtype {image.dtype}; expected an integer or float array")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"{name} must be 2-D (H, W) or 3-D (H, W, C), got shape {image.shape}")
+    if image.ndim == 3 and image.shape[2] not in (1, 3):
+        raise ValueError(f"{name} has {image.shape[2]} channels; expected 1 (grey) or 3 (RGB)")
+    if image.size == 0 or 0 in image.shape[:2]:
+        raise ValueError(f"{name} is empty: shape {image.shape} has a 0-pixel side")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return image

@@ -4,13 +4,14 @@ Generator A = sam2rad.data.synthetic (the project's own, used while designing th
 generator B = sam2rad.data.rf_simulator (RF point-scatterer model, never used for the recipe).
 For each training generator: train on --n-train images of it, test on --n-test held-out images of A
 and of B (other seeds). Sam2Rad trains exactly as `sam2rad train --data <those images>` does
-(TrainConfig defaults, 20 % of the images held out for best-epoch validation) and is evaluated in
+(TrainConfig defaults: with 10 images all train; by default from the shipped PPN pretrained on 150
+other A images, so rows tested on A are not A-unseen; --init none for 10 images only) and is evaluated in
 `auto` and `semi_click` (one simulated click); the U-Net trains on all the same images with the same
 augmentation family. One metric function for both: sam2rad.metrics.evaluate_pair (HD95 in mm).
 The cross-generator rows are the headline and print first.
 
 Usage: .venv/bin/python benchmarks/bench_generalisation.py [--quick] [--epochs-unet 300]
-       [--epochs-sam2rad N] [--only sam2rad|unet] [--directions A,B] [--out runs/bench_generalisation]
+       [--epochs-sam2rad N] [--init auto|pretrained|none|PATH] [--only sam2rad|unet] [--directions A,B] [--out runs/bench_generalisation]
 """
 from __future__ import annotations
 

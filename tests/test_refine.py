@@ -177,3 +177,24 @@ def test_few_labels_train_on_everything_by_default():
     many = load_spec("synthetic:25:2:64")[0]
     plan = plan_training(many)
     assert len(plan.train) == 20 and len(plan.val) == 5
+
+
+def test_feature_warp_moves_encoding_refiner_input_and_masks_together():
+    from sam2rad.augment import warp_rows
+    from sam2rad.backbones.base import FeaturePyramid
+    import torch.nn.functional as F
+
+    img = torch.zeros(2, 1, 64, 64)
+    img[:, :, 20:30, 10:50] = 1.0
+    emb = F.avg_pool2d(img, 4).repeat(1, 8, 1, 1)
+    feats = FeaturePyramid(emb, [emb[:, :4], F.avg_pool2d(img, 2).repeat(1, 3, 1, 1)], None, img.clone())
+    masks = [img[i, 0].numpy() > 0.5 for i in range(2)]
+    warped, moved = warp_rows(feats, masks, np.random.default_rng(3), probability=1.0, shift=0.1)
+    for i in range(2):
+        image_mask = warped.image[i, 0].numpy() > 0.5
+        assert (image_mask ^ moved[i]).sum() <= 0.02 * moved[i].sum()  # same transform for both
+        assert (moved[i] ^ masks[i]).sum() > 0  # and it did move
+        up = F.interpolate(warped.image_embedding[i:i + 1, :1], size=64, mode="bilinear")[0, 0].numpy() > 0.5
+        assert (up & moved[i]).sum() / (up | moved[i]).sum() > 0.85
+    same, kept = warp_rows(feats, masks, np.random.default_rng(3), probability=0.0)
+    assert same is feats and kept is masks

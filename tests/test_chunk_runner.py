@@ -155,8 +155,10 @@ def test_the_reader_and_writer_stay_within_their_queues(tmp_path, monkeypatch):
 
 
 def test_memory_stays_flat_as_the_chunk_grows(tmp_path):
-    """Peak traced memory of a chunk of 18 studies is that of 6: only the queues' worth of frames and
-    masks is held (all 18 studies' frames alone would be 5.8 MB; the bounded peak is about 2.5 MB)."""
+    """Peak traced memory of a chunk of 18 studies is about that of 6: only the queues' worth of frames
+    and masks is held (all 18 studies' frames alone would be 5.8 MB; held all, 3x the studies would
+    be about 3x the peak). Measured over 11 runs: 6 studies 2.0-2.8 MB, 18 studies 2.8-3.3 MB, ratio
+    1.0-1.46, depending on how far the writer lags the model; 1.3 failed about one run in five."""
     import tracemalloc
 
     def peak(studies: int) -> int:
@@ -171,7 +173,7 @@ def test_memory_stays_flat_as_the_chunk_grows(tmp_path):
 
     peak(1)  # first-use allocations (module caches) are not the chunk's
     small, large = peak(6), peak(18)
-    assert large < 1.3 * small and large < 5_000_000, (small, large)
+    assert large < 1.75 * small and large < 4_500_000, (small, large)
 
 
 def test_a_study_that_cannot_be_fetched_fails_alone(tmp_path, monkeypatch):

@@ -351,14 +351,10 @@ class Sam2Rad(nn.Module):
             if self.box_from_mask_margin_px is not None:
                 enc.auto_boxes = rows.boxes_px[sel].detach()
 
-    def _auto_for_semi(self, enc: EncodedImage, ppn_out: PPNOutput) -> None:
+    def _auto_for_semi(self, enc: EncodedImage) -> None:
         """auto's second-pass boxes and final logits for this encoding, once (not per click)."""
-        if enc.auto_logits is not None and (enc.auto_boxes is not None or self.box_from_mask_margin_px is None):
-            return
-        first = self(enc.features, ppn_out=ppn_out)
-        enc.auto_boxes = self._mask_boxes(first)
-        enc.auto_logits = first.logits if enc.auto_boxes is None else \
-            self(enc.features, boxes_px=enc.auto_boxes, ppn_out=ppn_out).logits
+        if enc.auto_logits is None:
+            self._remember_auto([enc], self._decode_auto(enc.features))
 
     def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """A points-only correction: auto's mask plus the changes that touch the clicks."""
@@ -381,8 +377,8 @@ class Sam2Rad(nn.Module):
                 # Manual mode is the plain backbone: no refiner, whatever the checkpoint holds.
                 rows.append((k, out, out.low_res_logits, no_box if box is None else box))
         else:
+            self._auto_for_semi(enc)
             ppn_out = self.ppn(enc.features)
-            self._auto_for_semi(enc, ppn_out)
             sparse, dense, box_px = self.prompts_from_ppn(ppn_out, enc.auto_boxes)
             for k in range(self.num_classes):
                 s_k, d_k, pts = sparse[k:k + 1], dense[k:k + 1], None

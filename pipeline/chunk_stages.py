@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from pipeline.chunk_pipe import (END, FrameWork, InstanceEnd, InstanceWork, InstanceWritten, Pipe, StudyEnd,
                                  StudyStart, StudyWork, Stopped, is_fatal)
 from pipeline.inference import (BatchGuard, InstanceOutcome, InstancePrediction, SegmentationModel, failed_instance,
-                                write_instance)
+                                model_confidence_floor, write_instance)
 from pipeline.ingest import ingest_fetched, iter_frames
 from pipeline.pacs import Archive, PacsError
 from pipeline.run_tables import InstanceMetrics, RowStatus
@@ -153,7 +153,7 @@ class ModelStage:
                 continue
             try:
                 if f.item.prediction is None:  # the masks exist only from the instance's first prediction on
-                    f.item.prediction = InstancePrediction(f.item.instance, n_classes)
+                    f.item.prediction = InstancePrediction(f.item.instance, n_classes, model_confidence_floor(self.model))
                 f.item.prediction.add(f.frame, pred)
             except Exception as exc:  # noqa: BLE001 - a prediction that does not fit its frame fails its instance
                 if is_fatal(exc):
@@ -182,7 +182,8 @@ class SegStage:
             prediction = InstancePrediction(item.instance, len(self.writer.algorithm.class_names))
         item.study.seg_dir.mkdir(parents=True, exist_ok=True)
         return write_instance(item.instance, prediction.masks, prediction.first_box, prediction.confidence,
-                              self.writer, item.study.seg_dir, self.dry_run, item.started)
+                              self.writer, item.study.seg_dir, self.dry_run, item.started,
+                              confidence_floor=prediction.confidence_floor)
 
 
 class RecordStage:

@@ -62,10 +62,11 @@ class InstancePrediction:
     """One instance's masks on the full frame, filled batch by batch (frames may arrive in batches shared
     with other instances), with the first finite box and every score."""
 
-    def __init__(self, instance: UsInstance, n_classes: int) -> None:
+    def __init__(self, instance: UsInstance, n_classes: int, confidence_floor: float | None = None) -> None:
         self.masks = np.zeros((instance.n_frames, instance.rows, instance.cols, n_classes), dtype=bool)
         self.scores: list[float] = []
         self.first_box: PredictedBox | None = None
+        self.confidence_floor = confidence_floor  # the model's, recorded beside the confidence
 
     def add(self, frame: UsFrame, pred: PredictionLike) -> None:
         for k in range(self.masks.shape[-1]):
@@ -79,6 +80,13 @@ class InstancePrediction:
     @property
     def confidence(self) -> float | None:
         return float(np.mean(self.scores)) if self.scores else None
+
+
+def model_confidence_floor(model: object) -> float | None:
+    """The score under which this model's masks need a reader: the lowest it gave its own training images
+    (sam2rad/confidence.py); None for models without that reference (the worklist's fixed threshold applies)."""
+    reference = getattr(model, "confidence_reference", None)
+    return None if reference is None else float(reference.floor)
 
 
 def predict_instance(instance: UsInstance, model: SegmentationModel, mode: str = "auto", batch_size: int = 4,
@@ -118,17 +126,19 @@ def segment_instance(instance: UsInstance, model: SegmentationModel, writer: Seg
         raise
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the batch
         return failed_instance(instance, exc, writer, start)
-    return write_instance(instance, masks, box, confidence, writer, out_dir, dry_run, start)
+    return write_instance(instance, masks, box, confidence, writer, out_dir, dry_run, start,
+                          confidence_floor=model_confidence_floor(model))
 
 
 def write_instance(instance: UsInstance, masks: np.ndarray, box: PredictedBox | None, confidence: float | None,
-                   writer: SegWriter, out_dir: str | Path, dry_run: bool, start: float) -> InstanceOutcome:
+                   writer: SegWriter, out_dir: str | Path, dry_run: bool, start: float,
+                   confidence_floor: float | None = None) -> InstanceOutcome:
     """An instance's SEG (none in a dry run) and its row; `start` is when its work began (perf_counter).
     A failure to write becomes a row, never an exception."""
     try:
         seg = None if dry_run else writer.write(instance, masks, out_dir)
         row = InstanceMetrics.for_result(instance, masks, writer.algorithm, time.perf_counter() - start,
-                                         box=box, confidence=confidence, seg=seg)
+                                         box=box, confidence=confidence, confidence_floor=confidence_floor, seg=seg)
         return InstanceOutcome(row, seg, instance.n_frames)
     except (MemoryError, TimeoutError):
         raise

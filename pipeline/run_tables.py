@@ -103,6 +103,7 @@ class InstanceMetrics:
     box_x1: float | None = None
     box_y1: float | None = None
     confidence: float | None = None
+    confidence_floor: float | None = None  # the model's own: under it the instance needs a reader
     runtime_s: float | None = None
     seg_sop_uid: str | None = None
     seg_series_uid: str | None = None
@@ -124,6 +125,7 @@ class InstanceMetrics:
         *,
         box: PredictedBox | None = None,
         confidence: float | None = None,
+        confidence_floor: float | None = None,
         seg: WrittenSeg | None = None,
     ) -> "InstanceMetrics":
         """The row of an instance the model segmented (and, given `seg`, whose SEG was written)."""
@@ -140,6 +142,7 @@ class InstanceMetrics:
             box_x1=box.x1 if box else None,
             box_y1=box.y1 if box else None,
             confidence=None if confidence is None else float(confidence),
+            confidence_floor=None if confidence_floor is None else float(confidence_floor),
             seg_sop_uid=seg.sop_uid if seg else None,
             seg_series_uid=seg.series_uid if seg else None,
         )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone, FeaturePyramid, ImageGeometry
+from .confidence import mask_confidence
 from .mask_parts import drop_small_parts
 
 
@@ -24,7 +25,7 @@ class Prediction:
 
     masks: np.ndarray  # (C, H, W) bool
     boxes: np.ndarray  # (C, 4) the box prompt used (predicted or the reader's), source pixels
-    scores: np.ndarray  # (C,) confidence in [0, 1]
+    scores: np.ndarray  # (C,) confidence in [0, 1] (sam2rad/confidence.py)
     mode: str
     class_names: tuple[str, ...] = field(default=("bone",))
 
@@ -62,10 +63,9 @@ def predictions_from_rows(rows: DecodedRows, geometries: Sequence[ImageGeometry]
     """One Prediction per geometry (image); classes without a row stay empty (manual mode).
     min_part_fraction: drop mask parts smaller than this fraction of the largest (sam2rad/mask_parts.py)."""
     c = len(class_names)
-    conf = rows.iou.float().clamp(0, 1)
+    conf = mask_confidence(rows.logits, rows.object_logit)  # not the IoU head: sam2rad/confidence.py
     present = torch.ones_like(conf)
     if rows.object_logit is not None:
-        conf = conf * torch.sigmoid(rows.object_logit.float())
         present = (rows.object_logit >= 0).float()  # SAM2 says nothing is there: no mask
     # Scores, presence and boxes leave the device in one copy.
     small = torch.cat([conf[:, None], present[:, None], rows.boxes_px.float()], dim=1).cpu().numpy()

@@ -19,6 +19,7 @@ from . import __version__
 from .atomic_files import replace_atomically
 from .backbones import Backbone, build_backbone
 from .backbones.weights import sha256_file
+from .confidence import ConfidenceReference
 from .model import Sam2Rad
 from .ppn import PPNConfig
 from .refine import RefinerConfig
@@ -41,6 +42,7 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     refiner_config: dict = field(default_factory=lambda: {"enabled": False})  # older cards: no refiner
     metrics: dict = field(default_factory=dict)
+    confidence: dict = field(default_factory=dict)  # ConfidenceReference on the training images; {} before
     code_version: str = ""
     format: str = CARD_FORMAT
 
@@ -83,6 +85,7 @@ def save_checkpoint(model: Sam2Rad, path: str | Path, training: dict | None = No
         input_size=model.backbone.input_size, ppn_config=model.ppn.cfg.to_dict(),
         class_names=list(model.class_names), training=training or {}, metrics=metrics or {},
         code_version=code_version(), refiner_config=model.refiner_config.to_dict(),
+        confidence=model.confidence_reference.to_dict() if model.confidence_reference is not None else {},
     )
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state().items()}
     replace_atomically(lambda tmp: save_file(state, str(tmp), metadata={"format": CARD_FORMAT}), path)
@@ -126,6 +129,7 @@ def load_checkpoint(path: str | Path | None = None, backbone: Backbone | None = 
     missing, unexpected = model.load_trainable_state(state)
     if missing or unexpected:
         raise CheckpointError(f"{path}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}")
+    model.confidence_reference = ConfidenceReference.from_dict(card.confidence)
     model.card = card  # type: ignore[attr-defined]
     model.checkpoint_sha256 = sha256_file(path)  # type: ignore[attr-defined]
     return model.to(device).eval()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import Backbone, DecoderOutput, FeaturePyramid, ImageGeometry
+from .confidence import ConfidenceReference
 from .batched_decode import DecodedRows, Prediction, cat_pyramids, predictions_from_rows
 from .ppn import PPNConfig, PPNOutput, build_ppn
 from .mask_parts import DEFAULT_MIN_PART_FRACTION
@@ -88,6 +89,9 @@ class Sam2Rad(nn.Module):
         # whole re-decoded mask is taken.
         self.click_reach_px: float | None = DEFAULT_CLICK_REACH_PX
         self.logit_dropout = 0.0  # set by the Trainer (TrainConfig.refiner_logit_dropout); never saved
+        # The scores this model gives its training images (sam2rad/confidence.py): set by the Trainer,
+        # kept in the card; None for untrained models and older cards.
+        self.confidence_reference: ConfidenceReference | None = None
 
     @property
     def num_classes(self) -> int:

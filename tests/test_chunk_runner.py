@@ -141,11 +141,11 @@ def test_the_reader_and_writer_stay_within_their_queues(tmp_path, monkeypatch):
             super().__init__(*args)
             with_masks[0] += 1
 
-    def slow_write(*args):
+    def slow_write(*args, **kwargs):
         unwritten.append(with_masks[0] - written[0])
         time.sleep(0.02)
         written[0] += 1
-        return write_instance(*args)
+        return write_instance(*args, **kwargs)
 
     monkeypatch.setattr(chunk_stages, "InstancePrediction", CountedPrediction)
     monkeypatch.setattr(chunk_stages, "write_instance", slow_write)

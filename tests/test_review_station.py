@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.ledger import Ledger
 from pipeline.review import AlreadyReviewed, ReviewInputError, ReviewNotFound, read_corrections
-from tests.review_run import RUN_ID, copy_review_run, missed_and_false_pixels, review_station
+from tests.review_run import RUN_ID, copy_review_run, demo_model, missed_and_false_pixels, review_station
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,11 @@ def test_worklist_puts_needs_review_first(station_run):
     assert len(items) == 7  # 6 single frames + 1 cine of the synthetic demo studies
     flags = [i.needs_review for i in items]
     assert flags == sorted(flags, reverse=True)  # needs-review first
+    floor = demo_model().confidence_reference.floor  # the nightly recorded the model's own floor
     for item in items:
         assert set(item.reasons) <= {"low-confidence", "empty-mask", "audit-flagged"}
+        assert item.confidence_floor == pytest.approx(floor)
+        assert ("low-confidence" in item.reasons) == (item.confidence < floor)
     progress = station.progress(station.run(RUN_ID))
     assert (progress.reviewed, progress.to_do) == (0, 7)
     with pytest.raises(ReviewNotFound):

@@ -91,6 +91,19 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained, tmp_path, te
     assert read_card(path).ppn_config == trainer.model.ppn.cfg.to_dict()
 
 
+def test_training_records_the_lowest_score_on_its_own_images_and_the_card_keeps_it(trained, tmp_path, ten_images):
+    trainer, _, _ = trained
+    ref = trainer.model.confidence_reference
+    scores = [float(p.scores[0]) for p in trainer.model.predict([s.image for s in ten_images[:8]])]
+    assert ref.n_images == 8 and ref.floor == pytest.approx(min(scores), abs=1e-4)
+    assert ref.median == pytest.approx(float(np.median(scores)), abs=1e-4) and 0 < ref.floor <= ref.median <= 1
+    path = tmp_path / "ppn.safetensors"
+    save_checkpoint(trainer.model, path)
+    assert read_card(path).confidence["floor"] == pytest.approx(ref.floor, abs=1e-4)
+    assert load_checkpoint(path, backbone=trainer.model.backbone).confidence_reference == \
+        type(ref).from_dict(ref.to_dict())
+
+
 def test_mismatched_backbone_fingerprint_is_refused(tmp_path):
     sam2_model = build_sam2rad("sam2.1_hiera_t", pretrained=False, input_size=512, seed=0)
     path = tmp_path / "sam2_ppn.safetensors"

@@ -20,7 +20,10 @@ def review(
                                                     "other sinks from the SAM2RAD_* environment."),
     sink_kind: Optional[str] = typer.Option(None, help="folder, dimse or dicomweb (default SAM2RAD_PACS_KIND)."),
     checkpoint: Optional[str] = typer.Option(None, help="PPN checkpoint (default: the shipped demo checkpoint)."),
-    threshold: float = typer.Option(0.6, help="Confidence under which an instance needs review."),
+    threshold: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0,
+        help="Confidence under which every instance needs review. Default: each instance's model floor "
+             "(the lowest confidence the model gave its own training images), or 0.6 for runs without one."),
 ) -> None:
     """Readers review a run's masks in a browser: correct, accept (-> reviewed SEG) or reject."""
     from flows.review.security import UnsafeBinding, check_binding

@@ -78,7 +78,8 @@ def _png(array: np.ndarray) -> bytes:
 
 def _item_json(item: WorklistItem) -> dict:
     return {"sop_uid": item.sop_uid, "study_uid": item.study_uid, "n_frames": item.n_frames,
-            "confidence": item.confidence, "frames_with_mask": item.frames_with_mask,
+            "confidence": item.confidence, "confidence_floor": item.confidence_floor,
+            "frames_with_mask": item.frames_with_mask,
             "reasons": list(item.reasons), "needs_review": item.needs_review, "status": item.status}
 
 
@@ -133,6 +134,7 @@ def create_app(station: ReviewStation, *, token: str | None = None,
         progress = station.progress(run)
         items = [i for i in run.items if status == "all" or (status == "needs-review" and i.needs_review
                                                               and i.status == "to-do") or i.status == status]
+        # threshold: the reader's override; null when each item is held to its model's floor
         return {"run_id": run_id, "threshold": station.confidence_threshold,
                 "progress": {"reviewed": progress.reviewed, "to_do": progress.to_do,
                              "needs_review": progress.needs_review},

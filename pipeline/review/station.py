@@ -25,7 +25,6 @@ from pipeline.review.decisions import Outcome, RejectReason, ReviewDecision, Rev
 from pipeline.review.editing import InstanceEdit
 from pipeline.review.seg_output import ReviewedSegWriter
 from pipeline.review.worklist import (
-    DEFAULT_CONFIDENCE_THRESHOLD,
     NightlyRun,
     ReviewNotFound,
     WorklistItem,
@@ -68,7 +67,7 @@ class Progress:
 
 class ReviewStation:
     def __init__(self, runs_dir: Path, model, sink: SegSink, outbox: Outbox, *, ledger_path: Path | None = None,
-                 confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD, policy: RetryPolicy = RetryPolicy(),
+                 confidence_threshold: float | None = None, policy: RetryPolicy = RetryPolicy(),
                  prompts_type=None) -> None:
         self.runs_dir = Path(runs_dir)
         self.model, self.sink, self.outbox, self.policy = model, sink, outbox, policy

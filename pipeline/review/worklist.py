@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+# For rows without the model's own floor (checkpoints trained before it existed, older runs).
 DEFAULT_CONFIDENCE_THRESHOLD = 0.6
 RUN_NAME = re.compile(r"^nightly-[0-9A-Za-z-]{1,80}$")
 
@@ -30,6 +31,7 @@ class WorklistItem:
     source_path: str
     n_frames: int
     confidence: float | None
+    confidence_floor: float | None  # the score under which this item is "low-confidence"
     frames_with_mask: int
     seg_sop_uid: str | None
     reasons: tuple[str, ...]  # why it needs review: "low-confidence", "empty-mask", "audit-flagged"
@@ -89,10 +91,13 @@ def _number(value: object) -> float | None:
     return None if math.isnan(number) else number
 
 
-def load_run(run_dir: Path, confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+def load_run(run_dir: Path, confidence_threshold: float | None = None,
              statuses: dict[str, str] | None = None) -> NightlyRun:
     """The run's reviewable instances (those the nightly segmented), needs-review first.
 
+    confidence_threshold: flags every instance under it; None (default) flags an instance under its
+    model's own floor (the `confidence_floor` column: the lowest score the model gave its training
+    images), or under DEFAULT_CONFIDENCE_THRESHOLD where the row has no floor.
     `statuses` maps SOP Instance UID -> review outcome (from the review ledger).
     """
     table = _read_table(run_dir, "nightly_instances")
@@ -105,9 +110,13 @@ def load_run(run_dir: Path, confidence_threshold: float = DEFAULT_CONFIDENCE_THR
         if row.get("status") != "ok" or not isinstance(row.get("sop_uid"), str):
             continue
         confidence = _number(row.get("confidence"))
+        floor = confidence_threshold
+        if floor is None:
+            floor = _number(row.get("confidence_floor"))
+            floor = DEFAULT_CONFIDENCE_THRESHOLD if floor is None else floor
         frames_with_mask = int(_number(row.get("frames_with_mask")) or 0)
         reasons = []
-        if confidence is not None and confidence < confidence_threshold:
+        if confidence is not None and confidence < floor:
             reasons.append("low-confidence")
         if frames_with_mask == 0:
             reasons.append("empty-mask")
@@ -117,7 +126,7 @@ def load_run(run_dir: Path, confidence_threshold: float = DEFAULT_CONFIDENCE_THR
         items.append(WorklistItem(
             study_uid=str(row["study_uid"]), series_uid=str(row["series_uid"]), sop_uid=row["sop_uid"],
             source_path=str(row.get("path") or ""), n_frames=int(_number(row.get("n_frames")) or 1),
-            confidence=confidence, frames_with_mask=frames_with_mask,
+            confidence=confidence, confidence_floor=floor, frames_with_mask=frames_with_mask,
             seg_sop_uid=row.get("seg_sop_uid") if isinstance(row.get("seg_sop_uid"), str) else None,
             reasons=tuple(reasons), row_spacing_mm=_number(row.get("row_spacing_mm")),
             column_spacing_mm=_number(row.get("column_spacing_mm")),

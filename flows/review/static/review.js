@@ -31,7 +31,7 @@ async function loadWorklist() {
   $("progress").textContent = `reviewed ${w.progress.reviewed} / to do ${w.progress.to_do}` +
     ` (needs review: ${w.progress.needs_review})`;
   $("worklist").innerHTML = w.items.map((i) => `<tr class="item" data-sop="${i.sop_uid}">
-    <td title="${i.sop_uid}">…${i.sop_uid.slice(-12)}</td><td>${i.confidence == null ? "" : i.confidence.toFixed(2)}</td>
+    <td title="${i.sop_uid}">…${i.sop_uid.slice(-12)}</td><td title="${i.confidence_floor == null ? "" : "low under " + i.confidence_floor.toFixed(2)}">${i.confidence == null ? "" : i.confidence.toFixed(2)}</td>
     <td class="flag">${i.reasons.join(", ")}</td><td class="${i.status}">${i.status}</td></tr>`).join("");
   for (const tr of document.querySelectorAll("tr.item")) tr.onclick = () => openInstance(tr.dataset.sop);
 }

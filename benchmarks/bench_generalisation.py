@@ -6,12 +6,13 @@ For each training generator: train on --n-train images of it, test on --n-test h
 and of B (other seeds). Sam2Rad trains exactly as `sam2rad train --data <those images>` does
 (TrainConfig defaults: with 10 images all train; by default from the shipped PPN pretrained on 150
 other A images, so rows tested on A are not A-unseen; --init none for 10 images only) and is evaluated in
-`auto` and `semi_click` (one simulated click); the U-Net trains on all the same images with the same
+`auto` and `semi_click` (one simulated click), and with --flip both (the default) the same trained
+model again in `auto` with the test-time flip (sam2rad/flip_tta.py; row sam2rad_auto_flip); the U-Net trains on all the same images with the same
 augmentation family. One metric function for both: sam2rad.metrics.evaluate_pair (HD95 in mm).
 The cross-generator rows are the headline and print first.
 
 Usage: .venv/bin/python benchmarks/bench_generalisation.py [--quick] [--epochs-unet 300]
-       [--epochs-sam2rad N] [--init auto|pretrained|none|PATH] [--only sam2rad|unet] [--directions A,B] [--out runs/bench_generalisation]
+       [--epochs-sam2rad N] [--init auto|pretrained|none|PATH] [--flip both|on|off] [--only sam2rad|unet] [--directions A,B] [--out runs/bench_generalisation]
 """
 from __future__ import annotations
 
@@ -56,11 +57,17 @@ def anatomy_of(name: str) -> str:
     return next((a for a in rf_simulator.ANATOMIES + synthetic.ANATOMIES if name.endswith(a)), "unknown")
 
 
-def eval_sam2rad(model, samples, tag: dict) -> list[dict]:
+def eval_sam2rad(model, samples, tag: dict, flip: bool = False) -> list[dict]:
     from sam2rad.evaluate import evaluate_model
 
-    rows = evaluate_model(model, samples, ("auto", "semi_click"))
-    return [{**tag, "model": f"sam2rad_{r.mode}", "name": r.name, "anatomy": anatomy_of(r.name),
+    model.flip_test_time = flip
+    try:
+        rows = evaluate_model(model, samples, ("auto",) if flip else ("auto", "semi_click"))
+    finally:
+        model.flip_test_time = False
+        model.clear_cache()
+    suffix = "_flip" if flip else ""
+    return [{**tag, "model": f"sam2rad_{r.mode}{suffix}", "name": r.name, "anatomy": anatomy_of(r.name),
              "dice": r.dice, "hd95_mm": r.hd95, "assd_mm": r.assd} for r in rows]
 
 
@@ -87,7 +94,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "dice_mean": float(dice.mean()), "dice_median": float(np.median(dice)),
                     "hd95_median_mm": float(np.median(hd[~np.isnan(hd)])) if (~np.isnan(hd)).any() else math.nan,
                     "n_empty_or_missed": int(np.isinf(hd).sum()), "per_anatomy_dice": anat})
-    order = {"sam2rad_auto": 0, "sam2rad_semi_click": 1, "unet": 2}
+    order = {"sam2rad_auto": 0, "sam2rad_auto_flip": 1, "sam2rad_semi_click": 2, "unet": 3}
     return sorted(out, key=lambda s: (not s["cross"], s["train_gen"], s["test_gen"], order.get(s["model"], 9)))
 
 
@@ -111,17 +118,18 @@ def verdicts(summary: list[dict]) -> list[str]:
     out = []
     by = {(s["train_gen"], s["test_gen"], s["model"]): s for s in summary}
     for (tr, te, model), s in by.items():
-        if model != "sam2rad_auto" or tr == te or (tr, te, "unet") not in by:
+        if model not in ("sam2rad_auto", "sam2rad_auto_flip") or tr == te or (tr, te, "unet") not in by:
             continue
+        name = "Sam2Rad auto" + (" with the flip" if model.endswith("_flip") else "")
         u = by[(tr, te, "unet")]
         dd = s["dice_mean"] - u["dice_mean"]
         dh = s["hd95_median_mm"] - u["hd95_median_mm"]
-        dice_txt = (f"{'Sam2Rad auto' if dd > 0 else 'the U-Net'} is ahead on Dice by {abs(dd):.3f} "
+        dice_txt = (f"{name if dd > 0 else 'the U-Net'} is ahead on Dice by {abs(dd):.3f} "
                     f"({s['dice_mean']:.3f} vs {u['dice_mean']:.3f})")
-        hd_txt = (f"{'Sam2Rad auto' if dh < 0 else 'the U-Net'} is ahead on HD95 median by {abs(dh):.2f} mm "
+        hd_txt = (f"{name if dh < 0 else 'the U-Net'} is ahead on HD95 median by {abs(dh):.2f} mm "
                   f"({s['hd95_median_mm']:.2f} vs {u['hd95_median_mm']:.2f} mm)")
         target = "meets" if s["dice_mean"] >= 0.90 and s["hd95_median_mm"] <= 0.5 else "misses"
-        out.append(f"{tr} -> {te}: {dice_txt}; {hd_txt}. Sam2Rad auto {target} the issue's bar "
+        out.append(f"{tr} -> {te}: {dice_txt}; {hd_txt}. {name} {target} the issue's bar "
                    f"(Dice >= 0.90, HD95 median <= 0.5 mm).")
     return out
 
@@ -150,6 +158,8 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="Sam2Rad starting weights (TrainConfig.init; default auto: the "
                     "shipped PPN pretrained on 150 generated A images). With it, rows tested on A are not "
                     "A-unseen: the start saw other A images. 'none' for 10 images and nothing else.")
+    ap.add_argument("--flip", choices=("both", "on", "off"), default="both",
+                    help="Sam2Rad auto without and/or with the test-time flip (2x encoder), same trained model")
     ap.add_argument("--directions", default="A,B", help="training generators, comma list of A and B")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_generalisation"))
     args = ap.parse_args()
@@ -170,7 +180,8 @@ def main() -> None:
             meta["seconds"][f"sam2rad_train_{gen}"] = round(time.perf_counter() - t, 1)
             print(f"sam2rad starting weights: {meta['init']}", flush=True)
             for te, samples in tests.items():
-                rows += eval_sam2rad(model, samples, {"train_gen": gen, "test_gen": te})
+                for flip in {"both": (False, True), "on": (True,), "off": (False,)}[args.flip]:
+                    rows += eval_sam2rad(model, samples, {"train_gen": gen, "test_gen": te}, flip)
             print(f"[{time.strftime('%H:%M:%S')}] sam2rad trained on {gen}: {meta['seconds'][f'sam2rad_train_{gen}']} s", flush=True)
             print(write_outputs(args.out, rows, meta), flush=True)
         if args.only in (None, "unet"):

@@ -48,8 +48,11 @@ def load_model(checkpoint: str | None, device: str = "cpu"):
 
     if device == "cpu" and os.environ.get("SAM2RAD_THREADS"):
         torch.set_num_threads(int(os.environ["SAM2RAD_THREADS"]))
-    return load_checkpoint(checkpoint, backbone_checkpoint=os.environ.get("SAM2RAD_BACKBONE_CHECKPOINT"),
-                           device=device)
+    model = load_checkpoint(checkpoint, backbone_checkpoint=os.environ.get("SAM2RAD_BACKBONE_CHECKPOINT"),
+                            device=device)
+    # Better masks on unseen scanners for a second encoder pass per frame (sam2rad/flip_tta.py).
+    model.flip_test_time = os.environ.get("SAM2RAD_FLIP_TTA", "0") == "1"
+    return model
 
 
 def uses_prefect_server() -> bool:

@@ -25,6 +25,7 @@ from .ppn import PPNConfig, PPNOutput, build_ppn
 from .mask_parts import DEFAULT_MIN_PART_FRACTION
 from .mask_box import DEFAULT_MARGIN_PX, boxes_from_logits, grow_boxes_to_clicks
 from .refine import MaskRefiner, RefinerConfig, click_maps
+from .flip_tta import mean_with_mirrored, mirror_input
 from .prompts import Prompts, validate_image  # noqa: F401 - Prompts is part of this module's API
 from .click_edit import DEFAULT_CLICK_REACH_PX, auto_base, keep_changes_at_clicks
 
@@ -44,6 +45,7 @@ class EncodedImage:
     geometry: ImageGeometry
     auto_boxes: torch.Tensor | None = None  # (C, 4) the second-pass boxes, computed on first use
     auto_logits: torch.Tensor | None = None  # (C, 1, s, s) auto's final logits: what a click edits
+    mirrored: FeaturePyramid | None = None  # of the mirrored input, where flip_test_time is on
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Sam2Rad(nn.Module):
         # semi: a reader's clicks keep only the changes connected to them (sam2rad/click_edit.py); None: the
         # whole re-decoded mask is taken.
         self.click_reach_px: float | None = DEFAULT_CLICK_REACH_PX
+        self.flip_test_time = False  # auto also decodes the mirrored input (sam2rad/flip_tta.py); 2x encoder
         self.logit_dropout = 0.0  # set by the Trainer (TrainConfig.refiner_logit_dropout); never saved
         # The scores this model gives its training images (sam2rad/confidence.py): set by the Trainer,
         # kept in the card; None for untrained models and older cards.
@@ -130,14 +133,20 @@ class Sam2Rad(nn.Module):
     @torch.no_grad()
     def encode(self, images: Sequence[np.ndarray]) -> list[EncodedImage]:
         keys = [_image_key(img) for img in images]
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        flip = self.flip_test_time
+        todo = [i for i, k in enumerate(keys) if k not in self._cache or (flip and self._cache[k].mirrored is None)]
         if todo:
             pixels, geoms = self.backbone.preprocess([images[i] for i in todo])
             feats = self.backbone.encode(pixels)
             feats.image = grey_input(pixels)
-            self.encoder_calls += len(todo)
+            back = None
+            if flip:
+                back = self.backbone.encode(mirror_input(pixels))
+                back.image = grey_input(mirror_input(pixels))
+            self.encoder_calls += len(todo) * (2 if flip else 1)
             for row, i in enumerate(todo):
-                self._cache[keys[i]] = EncodedImage(feats.select([row]), geoms[row])
+                self._cache[keys[i]] = EncodedImage(feats.select([row]), geoms[row],
+                                                    mirrored=None if back is None else back.select([row]))
                 self._cache.move_to_end(keys[i])
         out = [self._cache[k] for k in keys]
         while len(self._cache) > self.cache_size:
@@ -258,7 +267,8 @@ class Sam2Rad(nn.Module):
         encoded = self.encode(image_list)
         self.eval()
         if mode == "auto":  # every (image, class) row in one call: the training path, batched
-            rows = self._decode_auto(cat_pyramids([e.features for e in encoded], self.device))
+            rows = self._decode_auto(cat_pyramids([e.features for e in encoded], self.device),
+                                     self._mirrored_batch(encoded))
             self._remember_auto(encoded, rows)
             return predictions_from_rows(rows, [e.geometry for e in encoded], self.backbone, mode,
                                          self.class_names, self.mask_threshold, self.min_part_fraction)
@@ -336,7 +346,14 @@ class Sam2Rad(nn.Module):
             return None
         return boxes_from_logits(out.logits, self.backbone.input_size, self.box_from_mask_margin_px)
 
-    def _decode_auto(self, feats: FeaturePyramid) -> DecodedRows:
+    def _mirrored_batch(self, encoded: Sequence[EncodedImage]) -> FeaturePyramid | None:
+        if not self.flip_test_time or any(e.mirrored is None for e in encoded):
+            return None
+        return cat_pyramids([e.mirrored for e in encoded], self.device)  # type: ignore[misc]
+
+    def _decode_auto(self, feats: FeaturePyramid, mirrored: FeaturePyramid | None = None) -> DecodedRows:
+        if mirrored is not None:  # test-time flip: the mean of both decodes (sam2rad/flip_tta.py)
+            return mean_with_mirrored(self._decode_auto(feats), self._decode_auto(mirrored))
         out = self(feats)
         boxes = self._mask_boxes(out)
         if boxes is not None:  # prompt again with the first mask's own extent (sam2rad/mask_box.py)
@@ -358,7 +375,7 @@ class Sam2Rad(nn.Module):
     def _auto_for_semi(self, enc: EncodedImage) -> None:
         """auto's second-pass boxes and final logits for this encoding, once (not per click)."""
         if enc.auto_logits is None:
-            self._remember_auto([enc], self._decode_auto(enc.features))
+            self._remember_auto([enc], self._decode_auto(enc.features, self._mirrored_batch([enc])))
 
     def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """A points-only correction: auto's mask plus the changes that touch the clicks."""

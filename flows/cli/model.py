@@ -76,6 +76,7 @@ def evaluate(
     clicks: int = typer.Option(1, min=1, max=50, help="semi_click: successive simulated clicks, each on the largest error region of the current prediction; one row per click count, NoC@85/NoC@90 in the summary."),
     out_dir: Path = typer.Option(Path("runs/evaluate"), help="Where per-image and summary CSVs go."),
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones."),
+    flip: bool = typer.Option(False, "--flip/--no-flip", help="auto and semi_click: also decode the mirrored image and average (2x encoder)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """Per-image Dice, IoU, HD95 and ASSD (mm when spacing is known) for auto vs the box-prompted baseline."""
@@ -89,6 +90,7 @@ def evaluate(
     torch.set_num_threads(threads)
     try:
         model = load_checkpoint(checkpoint, backbone_checkpoint=backbone_checkpoint)
+        model.flip_test_time = flip
         samples, source = load_data_spec(data)
         rows = evaluate_model(model, samples, [m.strip() for m in modes.split(",") if m.strip()], progress=True,
                               clicks=clicks)

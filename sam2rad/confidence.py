@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 STABILITY_OFFSET = 2.0
+REFERENCE_IMAGES = 50  # training images scored for the reference, at most
 SCORE_NAME = f"stability of the final logits at +-{STABILITY_OFFSET:g} x object presence"
 
 

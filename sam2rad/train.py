@@ -24,7 +24,7 @@ import torch
 from .augment import augment, jitter_refiner_input, warp_rows
 from .backbones.base import FeaturePyramid
 from .clicks import error_click, training_click
-from .confidence import reference_scores
+from .confidence import REFERENCE_IMAGES, reference_scores
 from .mask_box import boxes_from_logits
 from .data.datasets import Sample
 from .feature_cache import CachedExample, FeatureCache, cat_pyramids
@@ -361,8 +361,10 @@ class Trainer:
             best = (float("nan"), cfg.epochs, None, 0.0)
         elapsed = time.perf_counter() - start
         self.model.eval()
-        # What "sure" means for these weights: their scores on the images they learned from.
-        self.model.confidence_reference = reference_scores(self.model, [s.image for s in train])
+        # What "sure" means for these weights: their scores on the images they learned from (an even
+        # spread of at most REFERENCE_IMAGES of them: each costs an encoder pass).
+        step = max(1, -(-len(train) // REFERENCE_IMAGES))
+        self.model.confidence_reference = reference_scores(self.model, [s.image for s in train[::step]])
         return TrainResult(self.model, best[0], best[1], history, elapsed,
                            best[3] if best[2] is not None else elapsed, self.cache.misses, self.cache.hits,
                            seconds_encoding, self.init_note)

@@ -141,8 +141,9 @@ class Sam2Rad(nn.Module):
             feats.image = grey_input(pixels)
             back = None
             if flip:
-                back = self.backbone.encode(mirror_input(pixels))
-                back.image = grey_input(mirror_input(pixels))
+                mirrored = mirror_input(pixels)
+                back = self.backbone.encode(mirrored)
+                back.image = grey_input(mirrored)
             self.encoder_calls += len(todo) * (2 if flip else 1)
             for row, i in enumerate(todo):
                 self._cache[keys[i]] = EncodedImage(feats.select([row]), geoms[row],

@@ -6,8 +6,8 @@ band of pixels is undecided), times the backbone's object presence where it pred
 
 Why not the frozen decoder's IoU head: it scores the decoder's own mask on the prompts it was
 trained with. Behind the PPN's prompts and the refiner it barely follows the real quality
-(Spearman rho with Dice 0.15 on held-out generator-B images, 0.28 on A, against 0.55 and 0.71 for
-stability; 20 images each, demo checkpoint), and its scale moves from checkpoint to checkpoint.
+(Spearman rho with Dice on 20 held-out generator-B images: 0.15 against 0.66 for stability; on A
+0.42 against 0.69; demo checkpoint), and its scale moves from checkpoint to checkpoint.
 
 A score alone still has no universal scale, so each checkpoint carries a reference: the lowest
 score it gives its own training images. An image below that floor is one the model is less sure of

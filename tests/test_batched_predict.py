@@ -36,7 +36,9 @@ def assert_same(batched: list[Prediction], alone: list[Prediction]) -> None:
         # flip a pixel, and the mask-box cascade can carry that on: allow a pixel or two, no more.
         flipped = int((b.masks != a.masks).sum())
         assert flipped <= max(2, 0.002 * a.masks.sum()), f"{flipped} mask pixels differ"
-        np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
+        # The score counts pixels past +-2 (sam2rad/confidence.py): the same rounding may move a pixel
+        # or two across, about 0.001 each on these masks.
+        np.testing.assert_allclose(b.scores, a.scores, atol=5e-3)
         np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
 
 
@@ -109,8 +111,10 @@ def test_rows_become_predictions_per_image_and_class(shipped):
     assert not first.masks[0].any() and first.masks[1].all()
     assert np.isnan(first.boxes[0]).all() and first.scores[0] == 0
     np.testing.assert_allclose(first.boxes[1], [0, 0, 64, 128])  # model pixels / scale (2)
-    assert first.scores[1] == pytest.approx(0.9 / (1 + np.exp(-2.0)))
+    # Every logit is +5, far past +-2: stability 1, so the score is the object presence alone (the
+    # IoU head is not part of it).
+    assert first.scores[1] == pytest.approx(1 / (1 + np.exp(-2.0)))
     assert second.masks[0].all() and not second.masks[1].any(), "a negative object logit means no mask"
-    assert second.scores[0] == pytest.approx(1 / (1 + np.exp(-1.0)))  # IoU clamped to 1
+    assert second.scores[0] == pytest.approx(1 / (1 + np.exp(-1.0)))
     np.testing.assert_allclose(second.boxes[0], [0, 0, 2.5, 5])  # scale 4
     assert np.isnan(second.boxes[1]).all()

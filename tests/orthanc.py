@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import shutil
+import select
 import signal
 import socket
 import ssl
@@ -128,26 +129,28 @@ class TlsProxy:
             client.close()  # handshake refused: untrusted client or client that does not trust us
             return
         upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=10)
+        try:
+            self._relay(secure, upstream)
+        except OSError:
+            pass
+        finally:
+            secure.close()
+            upstream.close()
 
-        def pump(source: socket.socket, sink: socket.socket) -> None:
-            try:
-                while data := source.recv(65536):
-                    sink.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for sock in (source, sink):
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        back = threading.Thread(target=pump, args=(upstream, secure), daemon=True)
-        back.start()
-        pump(secure, upstream)
-        back.join(timeout=10)
-        secure.close()
-        upstream.close()
+    @staticmethod
+    def _relay(secure: ssl.SSLSocket, upstream: socket.socket) -> None:
+        """Both directions in one thread: an SSL socket read in one thread while another writes to it
+        can break a transfer (it did in one of two clean CI runs: IncompleteRead on a response)."""
+        while True:
+            # Bytes the SSL layer already decrypted do not make the socket readable for select.
+            ready = [secure] if secure.pending() else select.select([secure, upstream], [], [], 10)[0]
+            if not ready:
+                return  # idle for 10 s
+            for source in ready:
+                data = source.recv(65536)
+                if not data:
+                    return
+                (upstream if source is secure else secure).sendall(data)
 
     def stop(self) -> None:
         self._stop.set()

@@ -37,7 +37,6 @@ class DecodedRows:
     image_index: list[int]
     class_index: list[int]
     logits: torch.Tensor  # (N, 1, s, s) final mask logits, any side s
-    iou: torch.Tensor  # (N,) the decoder's IoU estimate
     object_logit: torch.Tensor | None  # (N,) where the backbone predicts one
     boxes_px: torch.Tensor  # (N, 4) the box prompt used, model pixels; NaN where there was none
 

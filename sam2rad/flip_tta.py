@@ -21,10 +21,10 @@ def mirror_input(pixels: torch.Tensor) -> torch.Tensor:
 
 def mean_with_mirrored(plain: DecodedRows, from_mirrored: DecodedRows) -> DecodedRows:
     """Rows decoded from the plain and the mirrored input -> one set: mean logits (mirrored back),
-    mean IoU and object logits; the plain decode's boxes (a box prompt is not averaged)."""
+    mean object logits; the plain decode's boxes (a box prompt is not averaged)."""
     obj = None
     if plain.object_logit is not None and from_mirrored.object_logit is not None:
         obj = (plain.object_logit + from_mirrored.object_logit) / 2
     return DecodedRows(image_index=plain.image_index, class_index=plain.class_index,
                        logits=(plain.logits + from_mirrored.logits.flip(-1)) / 2,
-                       iou=(plain.iou + from_mirrored.iou) / 2, object_logit=obj, boxes_px=plain.boxes_px)
+                       object_logit=obj, boxes_px=plain.boxes_px)

@@ -361,7 +361,7 @@ class Sam2Rad(nn.Module):
             out = self(feats, boxes_px=boxes, ppn_out=out.ppn)  # the same features: the same PPN output
         c = self.num_classes
         return DecodedRows(image_index=[i for i in range(feats.batch_size) for _ in range(c)],
-                           class_index=list(range(c)) * feats.batch_size, logits=out.logits, iou=out.iou,
+                           class_index=list(range(c)) * feats.batch_size, logits=out.logits,
                            object_logit=out.object_logit, boxes_px=out.boxes_px)
 
     def _remember_auto(self, encoded: Sequence[EncodedImage], rows: DecodedRows) -> None:
@@ -423,7 +423,7 @@ class Sam2Rad(nn.Module):
         outs = [out for _, out, _, _ in rows]
         obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])
         return DecodedRows(image_index=[0] * len(rows), class_index=[k for k, _, _, _ in rows],
-                           logits=torch.cat([lg for _, _, lg, _ in rows]), iou=torch.cat([o.iou for o in outs]),
+                           logits=torch.cat([lg for _, _, lg, _ in rows]),
                            object_logit=obj, boxes_px=torch.cat([b for _, _, _, b in rows]))
 
 

@@ -104,7 +104,7 @@ def test_rows_become_predictions_per_image_and_class(shipped):
     geoms = [shipped.backbone.geometry(128, 64), shipped.backbone.geometry(64, 64)]
     logits = torch.full((3, 1, size, size), 5.0)
     rows = DecodedRows(image_index=[0, 1, 1], class_index=[1, 0, 1], logits=logits,
-                       iou=torch.tensor([0.9, 1.5, 0.4]), object_logit=torch.tensor([2.0, 1.0, -1.0]),
+                       object_logit=torch.tensor([2.0, 1.0, -1.0]),
                        boxes_px=torch.tensor([[0.0, 0, 128, 256], [0, 0, 10, 20], [float("nan")] * 4]))
     first, second = predictions_from_rows(rows, geoms, shipped.backbone, "manual", ("a", "b"))
     assert first.masks.shape == (2, 128, 64) and second.masks.shape == (2, 64, 64)

@@ -14,8 +14,8 @@ from sam2rad.prompts import Prompts
 torch.set_num_threads(2)
 
 
-def _rows(logits: torch.Tensor, iou: float, obj: float | None, box: float) -> DecodedRows:
-    return DecodedRows([0], [0], logits, torch.tensor([iou]), None if obj is None else torch.tensor([obj]),
+def _rows(logits: torch.Tensor, obj: float | None, box: float) -> DecodedRows:
+    return DecodedRows([0], [0], logits, None if obj is None else torch.tensor([obj]),
                        torch.full((1, 4), box))
 
 
@@ -24,12 +24,12 @@ def test_mean_mirrors_the_second_decode_back_and_keeps_the_plain_box():
     plain[..., 0] = 4.0  # left column
     mirrored = torch.zeros(1, 1, 2, 3)
     mirrored[..., 2] = 2.0  # its right column is the plain input's left column
-    out = mean_with_mirrored(_rows(plain, 0.5, 1.0, 10.0), _rows(mirrored, 0.7, 3.0, 99.0))
+    out = mean_with_mirrored(_rows(plain, 1.0, 10.0), _rows(mirrored, 3.0, 99.0))
     assert torch.equal(out.logits[0, 0, :, 0], torch.tensor([3.0, 3.0]))
     assert float(out.logits[..., 1:].abs().sum()) == 0.0
-    assert float(out.iou[0]) == pytest.approx(0.6) and float(out.object_logit[0]) == pytest.approx(2.0)
+    assert float(out.object_logit[0]) == pytest.approx(2.0)
     assert torch.equal(out.boxes_px, torch.full((1, 4), 10.0))
-    assert mean_with_mirrored(_rows(plain, 0.5, None, 1.0), _rows(mirrored, 0.5, None, 1.0)).object_logit is None
+    assert mean_with_mirrored(_rows(plain, None, 1.0), _rows(mirrored, None, 1.0)).object_logit is None
 
 
 @pytest.fixture(scope="module")

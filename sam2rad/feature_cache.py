@@ -22,6 +22,8 @@ class CachedExample:
     geometry: ImageGeometry
     target: np.ndarray  # (C, S, S) bool masks in model space at the decoder's output side
     source_mask: np.ndarray  # (C, H, W) bool at source resolution (for validation Dice)
+    # (C, S, S) float16: the fraction of each model pixel the source mask covers (losses.py: soft targets)
+    soft_target: np.ndarray | None = None
 
 
 class FeatureCache:

@@ -28,11 +28,12 @@ from .confidence import REFERENCE_IMAGES, reference_scores
 from .mask_box import boxes_from_logits
 from .data.datasets import Sample
 from .feature_cache import CachedExample, FeatureCache, cat_pyramids
-from .losses import LossWeights, Targets, make_targets, mask_to_model_space, sam2rad_loss
+from .losses import (CLICK_LOCAL_SIGMA_PX, LossWeights, Targets, make_targets, mask_coverage_in_model_space,
+                     sam2rad_loss)
 from .metrics import dice
 from .model import Sam2Rad, build_sam2rad
 from .ppn import PPNConfig
-from .refine import RefinerConfig
+from .refine import RefinerConfig, click_maps
 from .init_weights import apply_init
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
@@ -73,6 +74,8 @@ class TrainConfig:
     # Rows whose cached encoding, refiner input and masks get a fresh small affine warp each step
     # (sam2rad/augment.py: warp_rows): new framings without encoding more copies.
     feature_warp: float = 0.0
+    # The refined mask learns each pixel's covered fraction, not a thresholded mask (losses.Targets.soft).
+    soft_targets: bool = False
     refiner_jitter: float = 1.0  # strength of fresh grey-level changes of the refiner's input each step (0: none)
     val_every: int = 10
     seed: int = 0
@@ -179,8 +182,9 @@ class Trainer:
         feats, geom = self.cache.encode(img, f"{tag}:{sample.name}:{copy}:{seed}")
         # Targets at the finest output: the refiner's (model input) or else the decoder's.
         out_side = bb.input_size if self.model.refiner is not None else bb.prompt_encoder.mask_input_size[0]
-        target = np.stack([mask_to_model_space(m, geom, bb.input_size, out_side) for m in ms])
-        return CachedExample(feats, geom, target, ms)
+        cover = np.stack([mask_coverage_in_model_space(m, geom, bb.input_size, out_side) for m in ms])
+        soft = cover.astype(np.float16) if self.cfg.soft_targets else None
+        return CachedExample(feats, geom, cover >= 0.5, ms, soft)
 
     def _examples(self, samples: Sequence[Sample], copies: int, seed: int, tag: str) -> list[CachedExample]:
         return [self._example(s, i, c, seed, tag) for i, s in enumerate(samples) for c in range(copies)]
@@ -194,7 +198,10 @@ class Trainer:
         masks = [m for e in batch for m in e.target]  # rows image-major, class-minor
         if self.cfg.feature_warp > 0:
             feats, masks = warp_rows(feats, masks, rng, self.cfg.feature_warp)
-        targets = make_targets(masks)
+        soft = None
+        if self.cfg.soft_targets and self.cfg.feature_warp == 0 and all(e.soft_target is not None for e in batch):
+            soft = [m for e in batch for m in e.soft_target]
+        targets = make_targets(masks, soft)
         n = len(targets.present)
         size = self.model.backbone.input_size
         boxes = torch.full((n, 4), float("nan"), device=self.device)  # NaN rows: the PPN's own box
@@ -273,6 +280,14 @@ class Trainer:
                 labels[row, r] = label
         return coords, labels
 
+    def _click_weight(self, clicks: tuple[torch.Tensor, torch.Tensor] | None, targets: Targets) -> torch.Tensor | None:
+        """Where `click_local` looks: a Gaussian of CLICK_LOCAL_SIGMA_PX around each click."""
+        if clicks is None or not self.cfg.loss.click_local:
+            return None
+        n, size = len(targets.masks), self.model.backbone.input_size
+        maps = click_maps(clicks[0], clicks[1], n, size, CLICK_LOCAL_SIGMA_PX, self.device)
+        return maps.amax(dim=1, keepdim=True)
+
     @torch.no_grad()
     def validate(self, examples: list[CachedExample]) -> float:
         self.model.eval()
@@ -337,7 +352,8 @@ class Trainer:
                 out = self.model(feats, boxes, clicks)
                 refined = out.logits if self.model.refiner is not None else None
                 loss, parts = sam2rad_loss(out.decoder_logits, out.ppn.box_norm, out.ppn.mask_logits,
-                                           out.object_logit, targets, cfg.loss, refined_logits=refined)
+                                           out.object_logit, targets, cfg.loss, refined_logits=refined,
+                                           click_weight=self._click_weight(clicks, targets))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -34,7 +34,7 @@ from .metrics import dice
 from .model import Sam2Rad, build_sam2rad
 from .ppn import PPNConfig
 from .refine import RefinerConfig, click_maps
-from .init_weights import apply_init
+from .init_weights import FROM_SCRATCH_LR, apply_init, default_lr
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
            "training_click", "augment"]
@@ -53,7 +53,7 @@ class TrainConfig:
     init: str = "auto"
     epochs: int = 100  # a fixed schedule: with <= 20 images nothing is held out to pick an epoch
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float | None = None  # None: by the start (init_weights.default_lr: 3e-4 from trained weights, else 1e-3)
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     augment_copies: int = 8  # encoded versions of each training image (copy 0 is the original)
@@ -75,7 +75,9 @@ class TrainConfig:
     # (sam2rad/augment.py: warp_rows): new framings without encoding more copies.
     feature_warp: float = 0.0
     # The refined mask learns each pixel's covered fraction, not a thresholded mask (losses.Targets.soft).
-    soft_targets: bool = False
+    # Measured, 10 B images (320 x 256, scale 0.8 into the model) -> 20 held-out B: Dice 0.859 -> 0.872,
+    # HD95 median 0.33 -> 0.29 mm. Square 256 images (generator A) see no change: nothing is resized.
+    soft_targets: bool = True
     refiner_jitter: float = 1.0  # strength of fresh grey-level changes of the refiner's input each step (0: none)
     val_every: int = 10
     seed: int = 0
@@ -112,6 +114,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.epochs < 1 or self.batch_size < 1 or self.augment_copies < 1 or self.val_every < 1:
             raise ValueError("epochs, batch_size, augment_copies and val_every must be >= 1")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.click_rounds < 1:
             raise ValueError("click_rounds must be >= 1")
         if len(self.class_names) != self.ppn.num_classes:
@@ -156,12 +160,16 @@ class Trainer:
         # SAM2 without a local checkpoint trains on random weights: only useful for tests.
         pretrained = cfg.backbone == "litemedsam" or cfg.backbone_checkpoint is not None
         refiner = cfg.refiner if cfg.refiner.enabled else None
+        lr = FROM_SCRATCH_LR
         if model is None:
             model = build_sam2rad(cfg.backbone, cfg.ppn, cfg.class_names, refiner_config=refiner,
                                   checkpoint=cfg.backbone_checkpoint, input_size=cfg.input_size, pretrained=pretrained)
             self.init_note = apply_init(model, cfg.init)
+            lr = default_lr(self.init_note)
         else:
             self.init_note = "the model given to the Trainer"
+        if cfg.lr is None:  # the card then records the rate used
+            self.cfg = cfg = replace(cfg, lr=lr)
         self.model = model
         self.model.to(self.device)
         self.model.logit_dropout = cfg.refiner_logit_dropout

@@ -47,3 +47,17 @@ def test_bad_init_values_are_refused(backbone, tmp_path):
     model = build_sam2rad(backbone, refiner_config=RefinerConfig())
     with pytest.raises(ValueError, match="init must be one of"):
         apply_init(model, str(tmp_path / "missing.safetensors"))
+
+
+def test_learning_rate_follows_the_start_unless_given():
+    from sam2rad.init_weights import FINE_TUNE_LR, FROM_SCRATCH_LR, default_lr
+    from sam2rad.train import TrainConfig, Trainer
+
+    assert FINE_TUNE_LR < FROM_SCRATCH_LR
+    assert default_lr("started from the shipped pretrained PPN and refiner (x)") == FINE_TUNE_LR
+    assert default_lr("random initialisation (the shipped pretrained start does not fit: classes)") == FROM_SCRATCH_LR
+    assert Trainer(TrainConfig(epochs=1)).cfg.lr == FINE_TUNE_LR  # the shipped start fits the defaults
+    assert Trainer(TrainConfig(epochs=1, init="none")).cfg.lr == FROM_SCRATCH_LR
+    assert Trainer(TrainConfig(epochs=1, lr=5e-4)).cfg.lr == 5e-4
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TrainConfig(lr=0.0).validate()

@@ -20,7 +20,7 @@ def train(
     input_size: Optional[int] = typer.Option(None, help="SAM2 input size: 512 or 1024."),
     init: Optional[str] = typer.Option(None, help="Starting weights: auto (default: the shipped PPN and refiner pretrained on 300 generated images, where they fit the backbone and classes; else random), pretrained (that, or an error), none (random), or a checkpoint path to fine-tune."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (one pass over the training images each)."),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule with warm-up)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule with warm-up). Default: 3e-4 when training starts from trained weights (the shipped start or a checkpoint), 1e-3 from random weights."),
     batch_size: Optional[int] = typer.Option(None, help="Images per optimiser step."),
     augment_copies: Optional[int] = typer.Option(None, help="Encoded versions of each training image (augmentations cached)."),
     val_every: Optional[int] = typer.Option(None, help="Validate every K epochs; the best checkpoint is kept."),
@@ -55,9 +55,9 @@ def train(
         trainer = Trainer(cfg, device=device)
     except ValueError as exc:
         fail(str(exc))
-    typer.echo(f"starting weights: {trainer.init_note}")
+    typer.echo(f"starting weights: {trainer.init_note}; learning rate {trainer.cfg.lr:g}")
     result = trainer.fit(train_set, val_set)
-    summary = training_summary(train_set, val_set, cfg, result, source) | {"plan": plan.note}
+    summary = training_summary(train_set, val_set, trainer.cfg, result, source) | {"plan": plan.note}
     card = save_checkpoint(result.model, out, summary,
                            {"best_val_dice_auto": result.best_val_dice} if val_set else {})
     if val_set:

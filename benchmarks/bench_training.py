@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test", default="synthetic:50:7")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None, help="default: the recipe's (3e-4 from the shipped start)")
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     ap.add_argument("--augment-copies", type=int, default=TrainConfig.augment_copies,
                     help="cached augmented copies per image; default: the recipe's (TrainConfig)")

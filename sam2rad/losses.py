@@ -11,9 +11,6 @@ import torch.nn.functional as F
 from .backbones.base import ImageGeometry
 
 
-CLICK_LOCAL_SIGMA_PX = 16.0  # model pixels: the neighbourhood a click speaks for (`click_local`)
-
-
 @dataclass(frozen=True)
 class LossWeights:
     dice: float = 1.0
@@ -29,9 +26,6 @@ class LossWeights:
     object_bce: float = 1.0
     # The refiner's output is the mask the user gets: Dice + focal on it, at the same focal weight.
     refined: float = 1.0
-    # Clicked rows: BCE on the refined mask weighted by a Gaussian around each click. A click's
-    # neighbourhood is a sliver of the image, so in the whole-image terms a click barely counts.
-    click_local: float = 0.0
 
 
 @dataclass
@@ -118,26 +112,11 @@ def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return iou - (hull - union) / hull.clamp(min=1e-9)
 
 
-def click_local_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """BCE averaged under `weight` (N, 1, S, S) per row with any weight, then over those rows."""
-    if weight.shape[-2:] != logits.shape[-2:]:
-        weight = F.interpolate(weight, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-    per_row = weight.flatten(1).sum(1)
-    rows = per_row > 0
-    if not rows.any():
-        return logits.sum() * 0.0
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return ((bce * weight).flatten(1).sum(1)[rows] / per_row[rows]).mean()
-
-
 def sam2rad_loss(low_res_logits: torch.Tensor, box_norm: torch.Tensor, interim_logits: torch.Tensor,
                  object_logit: torch.Tensor | None, targets: Targets, w: LossWeights = LossWeights(),
-                 refined_logits: torch.Tensor | None = None, click_weight: torch.Tensor | None = None,
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
+                 refined_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Scalar loss plus its parts (floats, for logging). Targets may be finer than the decoder's
-    logits (when a refiner works at the model input size); each output is scored at its own size.
-    click_weight: (N, 1, S, S) weights around each row's clicks (zero for unclicked rows), for
-    `click_local`."""
+    logits (when a refiner works at the model input size); each output is scored at its own size."""
     full = targets.masks.to(low_res_logits.device)
     refined_parts: dict[str, torch.Tensor] = {}
     if refined_logits is not None:
@@ -148,8 +127,6 @@ def sam2rad_loss(low_res_logits: torch.Tensor, box_norm: torch.Tensor, interim_l
             tr = full if full.shape[-2:] == refined_logits.shape[-2:] else \
                 (F.interpolate(full, size=refined_logits.shape[-2:], mode="area") >= 0.5).float()
         refined_parts["refined"] = soft_dice(refined_logits, tr).mean() + w.focal * sigmoid_focal(refined_logits, tr).mean()
-        if w.click_local and click_weight is not None:
-            refined_parts["click_local"] = click_local_bce(refined_logits, tr, click_weight)
     t = full
     if t.shape[-2:] != low_res_logits.shape[-2:]:
         t = (F.interpolate(t, size=low_res_logits.shape[-2:], mode="area") >= 0.5).float()

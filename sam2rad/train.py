@@ -28,12 +28,11 @@ from .confidence import REFERENCE_IMAGES, reference_scores
 from .mask_box import boxes_from_logits
 from .data.datasets import Sample
 from .feature_cache import CachedExample, FeatureCache, cat_pyramids
-from .losses import (CLICK_LOCAL_SIGMA_PX, LossWeights, Targets, make_targets, mask_coverage_in_model_space,
-                     sam2rad_loss)
+from .losses import LossWeights, Targets, make_targets, mask_coverage_in_model_space, sam2rad_loss
 from .metrics import dice
 from .model import Sam2Rad, build_sam2rad
 from .ppn import PPNConfig
-from .refine import RefinerConfig, click_maps
+from .refine import RefinerConfig
 from .init_weights import FROM_SCRATCH_LR, apply_init, default_lr
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
@@ -288,14 +287,6 @@ class Trainer:
                 labels[row, r] = label
         return coords, labels
 
-    def _click_weight(self, clicks: tuple[torch.Tensor, torch.Tensor] | None, targets: Targets) -> torch.Tensor | None:
-        """Where `click_local` looks: a Gaussian of CLICK_LOCAL_SIGMA_PX around each click."""
-        if clicks is None or not self.cfg.loss.click_local:
-            return None
-        n, size = len(targets.masks), self.model.backbone.input_size
-        maps = click_maps(clicks[0], clicks[1], n, size, CLICK_LOCAL_SIGMA_PX, self.device)
-        return maps.amax(dim=1, keepdim=True)
-
     @torch.no_grad()
     def validate(self, examples: list[CachedExample]) -> float:
         self.model.eval()
@@ -360,8 +351,7 @@ class Trainer:
                 out = self.model(feats, boxes, clicks)
                 refined = out.logits if self.model.refiner is not None else None
                 loss, parts = sam2rad_loss(out.decoder_logits, out.ppn.box_norm, out.ppn.mask_logits,
-                                           out.object_logit, targets, cfg.loss, refined_logits=refined,
-                                           click_weight=self._click_weight(clicks, targets))
+                                           out.object_logit, targets, cfg.loss, refined_logits=refined)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

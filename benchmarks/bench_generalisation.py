@@ -140,6 +140,9 @@ def verdicts(summary: list[dict]) -> list[str]:
                     f"({s['dice_mean']:.3f} vs {u['dice_mean']:.3f})")
         hd_txt = (f"{name if dh < 0 else 'the U-Net'} is ahead on HD95 median by {abs(dh):.2f} mm "
                   f"({s['hd95_median_mm']:.2f} vs {u['hd95_median_mm']:.2f} mm)")
+        if not math.isfinite(dh):  # a median of inf: most of that model's masks were empty
+            hd_txt = (f"HD95 median {s['hd95_median_mm']:.2f} vs {u['hd95_median_mm']:.2f} mm "
+                      "(inf: most masks empty)")
         target = "meets" if s["dice_mean"] >= 0.90 and s["hd95_median_mm"] <= 0.5 else "misses"
         spread = ""
         if len(s.get("seed_dice_means", [])) > 1 and len(u.get("seed_dice_means", [])) > 1:

@@ -47,3 +47,11 @@ def test_one_seed_shows_no_range_and_no_spread_sentence(bench):
     assert [bench._seed_range(s) for s in summary] == ["-", "-"]
     verdict = " ".join(bench.verdicts(summary))
     assert "Per-seed" not in verdict and "Sam2Rad auto is ahead on Dice" in verdict
+
+
+def test_a_model_that_misses_most_images_gets_no_distance_margin(bench):
+    rows = _rows("sam2rad_auto", {0: [0.8, 0.8]}) + _rows("unet", {0: [0.0, 0.0]})
+    for r in rows:
+        r["hd95_mm"] = float("inf") if r["model"] == "unet" else 0.3
+    verdict = " ".join(bench.verdicts(bench.summarise(rows)))
+    assert "0.30 vs inf mm (inf: most masks empty)" in verdict and "by inf" not in verdict

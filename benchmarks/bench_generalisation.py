@@ -8,11 +8,12 @@ and of B (other seeds). Sam2Rad trains exactly as `sam2rad train --data <those i
 other A images, so rows tested on A are not A-unseen; --init none for 10 images only) and is evaluated in
 `auto` and `semi_click` (one simulated click), and with --flip both (the default) the same trained
 model again in `auto` with the test-time flip (sam2rad/flip_tta.py; row sam2rad_auto_flip); the U-Net trains on all the same images with the same
-augmentation family. One metric function for both: sam2rad.metrics.evaluate_pair (HD95 in mm).
+augmentation family, and is evaluated with and without the same flip (rows unet, unet_flip): each flip
+row is compared with the other model's flip row. One metric function for both: sam2rad.metrics.evaluate_pair (HD95 in mm).
 The cross-generator rows are the headline and print first.
 
 Usage: .venv/bin/python benchmarks/bench_generalisation.py [--quick] [--epochs-unet 300] [--seeds N]
-       [--device cpu|cuda] [--epochs-sam2rad N] [--init auto|pretrained|none|PATH] [--flip both|on|off] [--only sam2rad|unet] [--directions A,B] [--out runs/bench_generalisation]
+       [--first-seed K] [--merge DIR ...] [--device cpu|cuda] [--epochs-sam2rad N] [--init auto|pretrained|none|PATH] [--flip both|on|off] [--only sam2rad|unet] [--directions A,B] [--out runs/bench_generalisation]
 """
 from __future__ import annotations
 
@@ -71,11 +72,11 @@ def eval_sam2rad(model, samples, tag: dict, flip: bool = False) -> list[dict]:
              "dice": r.dice, "hd95_mm": r.hd95, "assd_mm": r.assd} for r in rows]
 
 
-def eval_unet(model, samples, tag: dict) -> list[dict]:
+def eval_unet(model, samples, tag: dict, flip: bool = False) -> list[dict]:
     out = []
     for s in samples:
-        m = evaluate_pair(model.predict(s.image), np.asarray(s.mask) != 0, s.spacing_mm)
-        out.append({**tag, "model": "unet", "name": s.name, "anatomy": anatomy_of(s.name),
+        m = evaluate_pair(model.predict(s.image, flip), np.asarray(s.mask) != 0, s.spacing_mm)
+        out.append({**tag, "model": "unet_flip" if flip else "unet", "name": s.name, "anatomy": anatomy_of(s.name),
                     "dice": m.dice, "hd95_mm": m.hd95, "assd_mm": m.assd})
     return out
 
@@ -98,7 +99,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "hd95_median_mm": float(np.median(hd[~np.isnan(hd)])) if (~np.isnan(hd)).any() else math.nan,
                     "n_empty_or_missed": int(np.isinf(hd).sum()), "per_anatomy_dice": anat,
                     "seed_dice_means": per_seed})
-    order = {"sam2rad_auto": 0, "sam2rad_auto_flip": 1, "sam2rad_semi_click": 2, "unet": 3}
+    order = {"sam2rad_auto": 0, "sam2rad_auto_flip": 1, "sam2rad_semi_click": 2, "unet": 3, "unet_flip": 4}
     return sorted(out, key=lambda s: (not s["cross"], s["train_gen"], s["test_gen"], order.get(s["model"], 9)))
 
 
@@ -126,19 +127,23 @@ def format_table(summary: list[dict]) -> str:
 
 
 def verdicts(summary: list[dict]) -> list[str]:
-    """One plain sentence per cross-generator pair: Sam2Rad auto vs the U-Net."""
+    """One plain sentence per cross-generator pair: Sam2Rad auto vs the U-Net, each with the test-time
+    flip against the other's flip where both were run."""
     out = []
     by = {(s["train_gen"], s["test_gen"], s["model"]): s for s in summary}
     for (tr, te, model), s in by.items():
-        if model not in ("sam2rad_auto", "sam2rad_auto_flip") or tr == te or (tr, te, "unet") not in by:
+        flip = model.endswith("_flip")
+        rival = "unet_flip" if flip and (tr, te, "unet_flip") in by else "unet"
+        if model not in ("sam2rad_auto", "sam2rad_auto_flip") or tr == te or (tr, te, rival) not in by:
             continue
-        name = "Sam2Rad auto" + (" with the flip" if model.endswith("_flip") else "")
-        u = by[(tr, te, "unet")]
+        name = "Sam2Rad auto" + (" with the flip" if flip else "")
+        u = by[(tr, te, rival)]
         dd = s["dice_mean"] - u["dice_mean"]
         dh = s["hd95_median_mm"] - u["hd95_median_mm"]
-        dice_txt = (f"{name if dd > 0 else 'the U-Net'} is ahead on Dice by {abs(dd):.3f} "
+        unet_name = "the U-Net" + (" with the flip" if rival == "unet_flip" else "")
+        dice_txt = (f"{name if dd > 0 else unet_name} is ahead on Dice by {abs(dd):.3f} "
                     f"({s['dice_mean']:.3f} vs {u['dice_mean']:.3f})")
-        hd_txt = (f"{name if dh < 0 else 'the U-Net'} is ahead on HD95 median by {abs(dh):.2f} mm "
+        hd_txt = (f"{name if dh < 0 else unet_name} is ahead on HD95 median by {abs(dh):.2f} mm "
                   f"({s['hd95_median_mm']:.2f} vs {u['hd95_median_mm']:.2f} mm)")
         if not math.isfinite(dh):  # a median of inf: most of that model's masks were empty
             hd_txt = (f"HD95 median {s['hd95_median_mm']:.2f} vs {u['hd95_median_mm']:.2f} mm "
@@ -168,6 +173,36 @@ def write_outputs(out: Path, rows: list[dict], meta: dict) -> str:
     return text
 
 
+def read_rows(path: Path) -> list[dict]:
+    """per_image.csv back into rows (numbers as floats, seeds as ints)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["seed"] = int(r.get("seed") or 0)
+        for k in ("dice", "hd95_mm", "assd_mm"):
+            r[k] = float(r[k])
+    return rows
+
+
+def merge_runs(dirs: list[Path], out: Path) -> str:
+    """One pooled table from several runs (e.g. one seed per process); a seed met twice is an error."""
+    rows: list[dict] = []
+    seen: dict[tuple, Path] = {}
+    for d in dirs:
+        path = d / "per_image.csv"
+        if not path.is_file():
+            raise SystemExit(f"--merge: {path} not found (is {d} a bench_generalisation --out folder?)")
+        part = read_rows(path)
+        for key in {(r["train_gen"], r["model"], r["seed"]) for r in part}:
+            if key in seen:
+                raise SystemExit(f"--merge: training {key[0]}, model {key[1]}, seed {key[2]} is in both {seen[key]} and {d}")
+            seen[key] = d
+        rows += part
+    if not rows:
+        raise SystemExit("--merge: the folders hold no rows")
+    return write_outputs(out, rows, {"merged": [str(d) for d in dirs]})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs-sam2rad", type=int, default=None, help="default: TrainConfig's")
@@ -180,16 +215,23 @@ def main() -> None:
                     "shipped PPN pretrained on 300 generated A images). With it, rows tested on A are not "
                     "A-unseen: the start saw other A images. 'none' for 10 images and nothing else.")
     ap.add_argument("--flip", choices=("both", "on", "off"), default="both",
-                    help="Sam2Rad auto without and/or with the test-time flip (2x encoder), same trained model")
+                    help="both models without and/or with the test-time flip (Sam2Rad: 2x encoder), same trained models")
     ap.add_argument("--directions", default="A,B", help="training generators, comma list of A and B")
     ap.add_argument("--seeds", type=int, default=1,
-                    help="train each model this many times (seeds 0..N-1) on the same images; the table pools "
+                    help="train each model this many times (seeds --first-seed onwards) on the same images; the table pools "
                          "them and shows the spread of the per-seed Dice means (one run moves B Dice by ~0.01)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run are first-seed .. first-seed+N-1 (to spread seeds over processes or machines)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                    help="train nothing: pool the per_image.csv of earlier runs' --out folders into one table")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where both models train and run")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_generalisation"))
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
+    if args.merge:
+        print(merge_runs(args.merge, args.out))
+        return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: this torch build sees no CUDA device")
     if args.quick:
@@ -203,7 +245,7 @@ def main() -> None:
     rows: list[dict] = []
     for gen in directions:
         train = load_generator(gen, args.n_train, TRAIN_SEED)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             tag = {"train_gen": gen, "seed": seed}
             if args.only in (None, "sam2rad"):
                 t = time.perf_counter()
@@ -223,7 +265,8 @@ def main() -> None:
                                   device=args.device)
                 meta["seconds"][f"unet_train_{gen}_seed{seed}"] = took = round(time.perf_counter() - t, 1)
                 for te, samples in tests.items():
-                    rows += eval_unet(unet, samples, {**tag, "test_gen": te})
+                    for flip in {"both": (False, True), "on": (True,), "off": (False,)}[args.flip]:
+                        rows += eval_unet(unet, samples, {**tag, "test_gen": te}, flip)
                 print(f"[{time.strftime('%H:%M:%S')}] unet trained on {gen} (seed {seed}): {took} s "
                       f"({unet.seconds / args.epochs_unet:.2f} s/epoch, final loss {unet.history[-1]['loss']:.4f})", flush=True)
                 print(write_outputs(args.out, rows, meta), flush=True)

@@ -55,3 +55,23 @@ def test_a_model_that_misses_most_images_gets_no_distance_margin(bench):
         r["hd95_mm"] = float("inf") if r["model"] == "unet" else 0.3
     verdict = " ".join(bench.verdicts(bench.summarise(rows)))
     assert "0.30 vs inf mm (inf: most masks empty)" in verdict and "by inf" not in verdict
+
+
+def test_flip_rows_are_compared_with_the_other_models_flip_row(bench):
+    rows = (_rows("sam2rad_auto", {0: [0.75]}) + _rows("sam2rad_auto_flip", {0: [0.77]})
+            + _rows("unet", {0: [0.76]}) + _rows("unet_flip", {0: [0.79]}))
+    verdict = bench.verdicts(bench.summarise(rows))
+    plain = next(v for v in verdict if "Sam2Rad auto is" in v or "Sam2Rad auto misses" in v or "(0.750 vs" in v)
+    flip = next(v for v in verdict if "with the flip" in v.split(";")[0] or "0.770 vs" in v)
+    assert "(0.750 vs 0.760)" in plain and "the U-Net is ahead on Dice by 0.010" in plain
+    assert "(0.770 vs 0.790)" in flip and "the U-Net with the flip is ahead on Dice by 0.020" in flip
+
+
+def test_merge_pools_runs_and_refuses_a_seed_twice(bench, tmp_path):
+    a, b = tmp_path / "s0", tmp_path / "s1"
+    bench.write_outputs(a, _rows("sam2rad_auto", {0: [0.80]}) + _rows("unet", {0: [0.82]}), {})
+    bench.write_outputs(b, _rows("sam2rad_auto", {1: [0.84]}) + _rows("unet", {1: [0.86]}), {})
+    text = bench.merge_runs([a, b], tmp_path / "pooled")
+    assert "0.800-0.840" in text and "0.820-0.860" in text and (tmp_path / "pooled" / "table.txt").is_file()
+    with pytest.raises(SystemExit, match="seed 0 is in both"):
+        bench.merge_runs([a, a], tmp_path / "again")

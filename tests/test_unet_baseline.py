@@ -40,3 +40,14 @@ def test_training_lowers_the_loss_and_is_deterministic():
     b = train_unet(samples, epochs=12, seed=3, threads=1, progress=False)
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     np.testing.assert_array_equal(a.predict_logits(samples[0].image), b.predict_logits(samples[0].image))
+
+
+def test_flip_averages_the_mirrored_prediction_at_odd_sizes():
+    torch.manual_seed(0)
+    model = UNetModel(UNet(), UNetConfig())
+    image = np.random.default_rng(1).integers(0, 255, (37, 53)).astype(np.uint8)
+    plain, mirrored = model.predict_logits(image), model.predict_logits(image[:, ::-1].copy())
+    flip = model.predict_logits(image, flip=True)
+    assert flip.shape == image.shape
+    np.testing.assert_allclose(flip, 0.5 * (plain + mirrored[:, ::-1]), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(flip, plain)  # random weights are not mirror-symmetric

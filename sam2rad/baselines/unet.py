@@ -109,16 +109,23 @@ class UNetModel:
     seconds: float = 0.0
 
     @torch.no_grad()
-    def predict_logits(self, image: np.ndarray) -> np.ndarray:
+    def predict_logits(self, image: np.ndarray, flip: bool = False) -> np.ndarray:
+        """flip: also run the left-right mirrored image and average the two logit maps (the same
+        test-time flip Sam2Rad offers, so the two models' flip rows compare like with like)."""
         img = _grey(image)
         self.net.eval()
         x, _ = _to_batch([img])
         x = x.to(self.config.device).contiguous(memory_format=torch.channels_last)
-        return self.net(x)[0, 0, : img.shape[0], : img.shape[1]].cpu().numpy()
+        logits = self.net(x)[0, 0, : img.shape[0], : img.shape[1]]
+        if flip:  # mirror the image itself, not the padded batch, so padding stays bottom/right
+            xm, _ = _to_batch([np.ascontiguousarray(img[:, ::-1])])
+            xm = xm.to(self.config.device).contiguous(memory_format=torch.channels_last)
+            logits = 0.5 * (logits + self.net(xm)[0, 0, : img.shape[0], : img.shape[1]].flip(-1))
+        return logits.cpu().numpy()
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
+    def predict(self, image: np.ndarray, flip: bool = False) -> np.ndarray:
         """uint8 (H, W) or (H, W, 3) image -> bool (H, W) mask."""
-        return self.predict_logits(image) > 0
+        return self.predict_logits(image, flip) > 0
 
 
 def train_unet(samples, epochs: int = 300, seed: int = 0, threads: int | None = 2, progress: bool = True,

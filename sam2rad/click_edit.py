@@ -36,16 +36,20 @@ def auto_base(logits: torch.Tensor, threshold: float, min_part_fraction: float |
 
 
 def keep_changes_at_clicks(base: torch.Tensor, new: torch.Tensor, coords_px: np.ndarray, input_size: int,
-                           threshold: float = 0.0, reach_px: float = DEFAULT_CLICK_REACH_PX) -> torch.Tensor:
+                           threshold: float = 0.0, reach_px: float = DEFAULT_CLICK_REACH_PX,
+                           onto: torch.Tensor | None = None) -> torch.Tensor:
     """`base` logits (1, 1, s, s) with `new`'s where the masks differ in a region that touches a click.
 
     coords_px: (P, 2) clicks (x, y) in model-input pixels; the logits may be coarser (s < input_size).
+    onto: where the kept changes go instead of `base` (auto's mask after edge clicks: the changes are
+    still measured against auto's, which the decoder did not see moved).
     """
+    onto = base if onto is None else onto
     old_mask = (base[0, 0] > threshold).cpu().numpy()
     new_mask = (new[0, 0] > threshold).cpu().numpy()
     changed = old_mask ^ new_mask
     if not changed.any() or len(coords_px) == 0:
-        return base
+        return onto
     regions, _ = ndimage.label(changed, structure=_EIGHT)
     side = changed.shape[-1]
     scale = side / float(input_size)
@@ -56,4 +60,4 @@ def keep_changes_at_clicks(base: torch.Tensor, new: torch.Tensor, coords_px: np.
         near[max(0, cy - reach):cy + reach + 1, max(0, cx - reach):cx + reach + 1] = True
     ids = np.unique(regions[near & changed])
     keep = np.isin(regions, ids[ids > 0])
-    return torch.where(torch.as_tensor(keep, device=base.device)[None, None], new, base)
+    return torch.where(torch.as_tensor(keep, device=base.device)[None, None], new, onto)

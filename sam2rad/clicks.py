@@ -1,7 +1,9 @@
 """Simulated reader clicks: for training rows and for evaluating interactive correction.
 
 A reader clicks where the mask is most wrong: inside the largest missed region (a foreground
-click) or the largest false region (a background click), at its innermost pixel.
+click) or the largest false region (a background click), at its innermost pixel. With two tools
+(the evaluation's default reader) that click is an edge click when the region is a strip along a
+whole edge, a point click otherwise.
 """
 from __future__ import annotations
 
@@ -32,6 +34,29 @@ def error_click(pred: np.ndarray, gt: np.ndarray) -> tuple[list[float], int]:
     dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return [float(x), float(y)], label
+
+
+# The simulated reader takes the edge tool (sam2rad/edge_click.py) for an error strip at least this
+# fraction of the mask's width: a whole edge off, not a sliver or a piece.
+EDGE_STRIP_FRACTION = 0.25
+
+
+def wants_edge_tool(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int,
+                    fraction: float = EDGE_STRIP_FRACTION) -> bool:
+    """The simulated reader's tool for the click `error_click` chose: True (edge click) when the
+    error region under it runs along the mask for at least `fraction` of the mask's width and the
+    click's column holds mask (there is an edge to move); False (point click) otherwise."""
+    h, w = pred.shape
+    x, y = int(np.clip(round(point[0]), 0, w - 1)), int(np.clip(round(point[1]), 0, h - 1))
+    if not pred[:, x].any():
+        return False
+    error = (gt & ~pred) if label == 1 else (pred & ~gt)
+    regions, _ = ndimage.label(error)
+    if regions[y, x] == 0:
+        return False
+    cols = np.nonzero((regions == regions[y, x]).any(axis=0))[0]
+    mask_cols = np.nonzero(pred.any(axis=0))[0]
+    return cols[-1] - cols[0] + 1 >= fraction * (mask_cols[-1] - mask_cols[0] + 1)
 
 
 def training_click(mask: np.ndarray, rng: np.random.Generator, negative_fraction: float = 0.3

@@ -4,7 +4,11 @@ with simulated reader clicks. Per-image Dice, IoU, HD95, ASSD (mm when spacing i
 Clicks are simulated as a reader makes them: each on the largest error region of the *current*
 prediction (foreground where it missed, background where it over-segmented), all clicks so far sent
 together in semi mode, so each click re-runs only the decoder path on the cached encoding. NoC@T is
-the number of clicks until Dice reaches T (0 when `auto` already does), capped at the clicks given."""
+the number of clicks until Dice reaches T (0 when `auto` already does), capped at the clicks given.
+
+Readers: "tools" (the default) makes a click an edge click when its error region is a strip along a
+whole edge (sam2rad/clicks.py wants_edge_tool, sam2rad/edge_click.py), a point click otherwise;
+"points" makes every click a point click (the only reader before edge clicks existed)."""
 from __future__ import annotations
 
 import csv
@@ -16,13 +20,14 @@ from typing import Sequence
 import numpy as np
 
 from .data.datasets import Sample
-from .clicks import error_click
+from .clicks import error_click, wants_edge_tool
 from .losses import box_of
 from .metrics import evaluate_pair
 from .model import Prompts, Sam2Rad
 from .train import class_masks
 
 EVAL_MODES = ("auto", "manual_gt_box", "semi_click")
+READERS = ("tools", "points")
 
 
 @dataclass
@@ -43,26 +48,31 @@ simulated_click = error_click
 
 
 def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.ndarray, n_clicks: int,
-                   class_index: int = 0) -> list[np.ndarray]:
+                   class_index: int = 0, reader: str = "tools") -> list[np.ndarray]:
     """Masks after 1..n_clicks successive simulated clicks, starting from the `start` prediction."""
-    points: list[list[float]] = []
-    labels: list[int] = []
+    clicks: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}  # edge tool? -> (xy, labels)
     masks, current = [], start
     for _ in range(n_clicks):
         point, label = simulated_click(current, gt)
-        points.append(point)
-        labels.append(label)
-        current = model.predict(image, "semi", Prompts(points=points, labels=labels, class_index=class_index))[0].masks[class_index]
+        edge = reader == "tools" and wants_edge_tool(current, gt, point, label)
+        clicks[edge][0].append(point)
+        clicks[edge][1].append(label)
+        (pts, labels), (edges, edge_labels) = clicks[False], clicks[True]
+        prompts = Prompts(points=pts or None, labels=labels or None, edges=edges or None,
+                          edge_labels=edge_labels or None, class_index=class_index)
+        current = model.predict(image, "semi", prompts)[0].masks[class_index]
         masks.append(current)
     return masks
 
 
 def evaluate_model(model: Sam2Rad, samples: Sequence[Sample], modes: Sequence[str] = EVAL_MODES,
-                   progress: bool = False, clicks: int = 1) -> list[EvalRow]:
+                   progress: bool = False, clicks: int = 1, reader: str = "tools") -> list[EvalRow]:
     """Rows per image, class and mode; semi_click gives one row per click count 1..clicks."""
     bad = set(modes) - set(EVAL_MODES)
     if bad:
         raise ValueError(f"unknown evaluation modes {sorted(bad)}; choose from {EVAL_MODES}")
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     if clicks < 1:
         raise ValueError(f"clicks must be >= 1, got {clicks}")
     rows: list[EvalRow] = []
@@ -83,7 +93,7 @@ def evaluate_model(model: Sam2Rad, samples: Sequence[Sample], modes: Sequence[st
                     model.predict(s.image, "manual", Prompts(box=box - [0, 0, 1, 1], class_index=k))[0].masks[k]
                 results.append(("manual_gt_box", 0, manual))
             if "semi_click" in modes:
-                seq = click_sequence(model, s.image, gt, auto.masks[k], clicks, k)
+                seq = click_sequence(model, s.image, gt, auto.masks[k], clicks, k, reader)
                 results += [("semi_click", i + 1, m) for i, m in enumerate(seq)]
             for mode, n, mask in results:
                 if mode not in modes:

@@ -28,6 +28,7 @@ from .refine import MaskRefiner, RefinerConfig, click_maps
 from .flip_tta import mean_with_mirrored, mirror_input
 from .prompts import Prompts, validate_image  # noqa: F401 - Prompts is part of this module's API
 from .click_edit import DEFAULT_CLICK_REACH_PX, auto_base, keep_changes_at_clicks
+from .edge_click import apply_edge_clicks
 
 Mode = Literal["auto", "semi", "manual"]
 MODES: tuple[str, ...] = ("auto", "semi", "manual")
@@ -303,8 +304,9 @@ class Sam2Rad(nn.Module):
                 if not 0 <= p.class_index < self.num_classes:
                     raise ValueError(f"prompt class_index {p.class_index} out of range 0..{self.num_classes - 1}")
                 by_class[p.class_index] = p
-            if mode == "manual" and (not by_class or any(p.empty for p in by_class.values())):
-                raise ValueError("manual mode needs a box, points or a mask for each class to segment")
+            if mode == "manual" and (not by_class or any(p.empty or p.edges is not None for p in by_class.values())):
+                raise ValueError("manual mode needs a box, points or a mask for each class to segment "
+                                 "(edge clicks move auto's mask: semi mode only)")
             if mode == "auto" and by_class:
                 raise ValueError("auto mode takes no prompts; use mode='semi' to add corrections")
             out.append(by_class)
@@ -378,13 +380,17 @@ class Sam2Rad(nn.Module):
         if enc.auto_logits is None:
             self._remember_auto([enc], self._decode_auto(enc.features, self._mirrored_batch([enc])))
 
-    def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """A points-only correction: auto's mask plus the changes that touch the clicks."""
-        if self.click_reach_px is None or enc.auto_logits is None:
-            return logits
-        base = auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
-        return keep_changes_at_clicks(base, logits, coords[0].cpu().numpy(), self.backbone.input_size,
-                                      self.mask_threshold, self.click_reach_px)
+    def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, pts, p: Prompts) -> torch.Tensor:
+        """A clicks-only correction: auto's mask with its edges moved to the edge clicks
+        (sam2rad/edge_click.py), plus the point clicks' changes that touch them."""
+        whole = self.click_reach_px is None or enc.auto_logits is None  # the re-decoded mask is taken whole
+        base = logits if whole else auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
+        moved = base if p.edges is None else apply_edge_clicks(
+            base, p.edges * enc.geometry.scale, p.edge_labels, self.backbone.input_size, self.mask_threshold)
+        if whole or pts is None:
+            return moved
+        return keep_changes_at_clicks(base, logits, pts[0][0].cpu().numpy(), self.backbone.input_size,
+                                      self.mask_threshold, self.click_reach_px, onto=moved)
 
     def _decode_prompted(self, enc: EncodedImage, mode: str, by_class: dict[int, Prompts]) -> DecodedRows:
         """semi and manual: one image, rows decoded one by one (their numbers of point tokens differ)."""
@@ -417,8 +423,8 @@ class Sam2Rad(nn.Module):
                         d_k = be.prompt_encoder._embed_masks(mask)
                 out = be.decode(enc.features, s_k, d_k)
                 logits = self.refine(enc.features, out.low_res_logits, pts)
-                if p is not None and pts is not None and p.box is None and p.mask is None:
-                    logits = self._edit_at_clicks(enc, k, logits, pts[0])
+                if p is not None and p.box is None and p.mask is None and (pts is not None or p.edges is not None):
+                    logits = self._edit_at_clicks(enc, k, logits, pts, p)
                 rows.append((k, out, logits, box_px[k:k + 1]))
         outs = [out for _, out, _, _ in rows]
         obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])

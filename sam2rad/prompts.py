@@ -17,16 +17,16 @@ class Prompts:
     box: np.ndarray | None = None  # (4,) x0, y0, x1, y1
     mask: np.ndarray | None = None  # (H, W) prior mask (bool or probability)
     class_index: int = 0
+    # Edge clicks (sam2rad/edge_click.py): each moves the nearest edge of the surface, along the whole
+    # mask, to the click. 1 = the structure reaches here, 0 = it stops before here. semi mode only.
+    edges: np.ndarray | None = None  # (E, 2)
+    edge_labels: np.ndarray | None = None  # (E,)
 
     def __post_init__(self) -> None:
         if self.points is not None:
-            self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
-            labels = np.ones(len(self.points)) if self.labels is None else self.labels
-            self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-            if len(self.labels) != len(self.points):
-                raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
-            if not np.isin(self.labels, (0, 1)).all():
-                raise ValueError("point labels must be 1 (foreground) or 0 (background)")
+            self.points, self.labels = _clicks(self.points, self.labels, "point")
+        if self.edges is not None:
+            self.edges, self.edge_labels = _clicks(self.edges, self.edge_labels, "edge")
         if self.box is not None:
             self.box = np.asarray(self.box, dtype=np.float32).reshape(-1)
             if self.box.shape != (4,) or not np.isfinite(self.box).all():
@@ -36,7 +36,19 @@ class Prompts:
 
     @property
     def empty(self) -> bool:
-        return self.points is None and self.box is None and self.mask is None
+        return self.points is None and self.box is None and self.mask is None and self.edges is None
+
+
+def _clicks(coords, labels, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    coords = np.asarray(coords, dtype=np.float32).reshape(-1, 2)
+    labels = np.asarray(np.ones(len(coords)) if labels is None else labels, dtype=np.int64).reshape(-1)
+    if len(labels) != len(coords):
+        raise ValueError(f"{len(coords)} {kind}s but {len(labels)} labels")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{kind} labels must be 1 (foreground) or 0 (background)")
+    if not np.isfinite(coords).all():
+        raise ValueError(f"{kind} coordinates must be finite numbers")
+    return coords, labels
 
 
 def validate_image(image: object, name: str = "image") -> np.ndarray:

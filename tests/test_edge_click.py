@@ -1,0 +1,103 @@
+"""Edge clicks move a whole edge of the surface, in depth, to the click (sam2rad/edge_click.py), and
+the simulated reader picks that tool only for error strips along a whole edge (sam2rad/clicks.py)."""
+import numpy as np
+import pytest
+import torch
+
+from sam2rad.clicks import error_click, wants_edge_tool
+from sam2rad.edge_click import MAX_MOVE_PX, apply_edge_clicks, move_edge
+from sam2rad.model import Prompts
+
+
+def _band(top: int = 20, deep: int = 25, size: int = 64, x0: int = 8, x1: int = 56) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[top:deep + 1, x0:x1] = True
+    return mask
+
+
+def _logits(mask: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.where(mask, 5.0, -5.0), dtype=torch.float32)[None, None]
+
+
+def _rows(logits: torch.Tensor, col: int) -> tuple[int, int]:
+    rows = np.nonzero((logits[0, 0, :, col] > 0).numpy())[0]
+    return int(rows[0]), int(rows[-1])
+
+
+@pytest.mark.parametrize("y,grow,expected", [
+    (28, True, (20, 28)),   # below the deep edge: the surface reaches the click
+    (17, True, (17, 25)),   # above the shallow edge
+    (24, False, (20, 23)),  # inside, nearer the deep edge: it moves up past the click
+    (21, False, (22, 25)),  # inside, nearer the shallow edge: it moves down past the click
+])
+def test_the_nearest_edge_moves_to_the_click_along_the_whole_surface(y, grow, expected):
+    moved = move_edge(_logits(_band()), x=30, y=y, grow=grow)
+    for col in (10, 30, 54):  # far from the click too: the whole edge
+        assert _rows(moved, col) == expected
+    assert not (moved[0, 0, :, :8] > 0).any() and not (moved[0, 0, :, 56:] > 0).any()  # the extent stays
+
+
+def test_clicks_that_name_no_edge_change_nothing():
+    logits = _logits(_band())
+    for x, y, grow in ((3, 22, True), (30, 22, True), (30, 40, False)):  # no mask in the column; grow inside; shrink outside
+        assert torch.equal(move_edge(logits, x, y, grow), logits)
+
+
+def test_moves_are_sub_pixel_capped_and_scale_to_coarser_logits():
+    logits = torch.linspace(-8, 8, 64).repeat(64, 1).t().contiguous()[None, None]  # rises with depth: edge at ~32
+    half = move_edge(-logits, x=30, y=31.5 + 0.5, grow=True)  # a mask above row ~32, grown by half a row
+    assert (half >= -logits).all() and (half > -logits).any()
+    far = move_edge(_logits(_band()), x=30, y=63, grow=True)
+    assert _rows(far, 30)[1] == 25 + int(MAX_MOVE_PX)
+    # Model-input pixels (256) onto 64-pixel logits: a click at input row 112 is logit row 28.
+    coarse = apply_edge_clicks(_logits(_band()), np.array([[120.0, 112.0]]), np.array([1]), input_size=256)
+    assert _rows(coarse, 10) == (20, 28)
+
+
+def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
+    pred = _band(20, 25, size=96, x0=10, x1=86)
+    strip = pred.copy()
+    strip[26:29, 12:80] = True  # the truth reaches 3 rows deeper along most of the surface
+    point, label = error_click(pred, strip)
+    assert label == 1 and wants_edge_tool(pred, strip, point, label)
+    sliver = pred.copy()
+    sliver[26:29, 40:46] = True  # the same error over 6 columns: a point click
+    point, label = error_click(pred, sliver)
+    assert not wants_edge_tool(pred, sliver, point, label)
+    piece = pred.copy()
+    piece[60:70, 90:95] = True  # a missed piece where the mask has no column: a point click
+    point, label = error_click(pred, piece)
+    assert not wants_edge_tool(pred, piece, point, label)
+
+
+def test_edge_click_prompts_are_checked():
+    with pytest.raises(ValueError, match="edge labels"):
+        Prompts(edges=[[1, 2]], edge_labels=[3])
+    with pytest.raises(ValueError, match="2 edges but 1 labels"):
+        Prompts(edges=[[1, 2], [3, 4]], edge_labels=[1])
+    with pytest.raises(ValueError, match="finite"):
+        Prompts(points=[[np.nan, 2]])
+    assert not Prompts(edges=[[1, 2]]).empty
+
+
+def test_an_edge_click_on_the_shipped_model_moves_the_deep_edge_everywhere_without_re_encoding():
+    from sam2rad.checkpoint import load_checkpoint
+    from sam2rad.data.specs import load_spec
+
+    model = load_checkpoint(None)
+    sample = load_spec("rfsim:1:7")[0][0]
+    auto = model.predict(sample.image, "auto")[0].masks[0]
+    calls = model.encoder_calls
+    cols = np.nonzero(auto.any(axis=0))[0]
+    x = int(cols[len(cols) // 2])
+    deep = int(np.nonzero(auto[:, x])[0].max())
+    grown = model.predict(sample.image, "semi", Prompts(edges=[[x, deep + 3]], edge_labels=[1]))[0].masks[0]
+    assert model.encoder_calls == calls  # the cached encoding: no encoder pass
+    assert (grown >= auto).all()  # growing only adds
+    added = (grown & ~auto).any(axis=0)
+    far = np.abs(cols - x) > len(cols) // 4  # columns a quarter of the surface away from the click
+    assert added[cols[far]].mean() > 0.5  # the edge moved there too, not only next to the click
+    shrunk = model.predict(sample.image, "semi", Prompts(edges=[[x, deep]], edge_labels=[0]))[0].masks[0]
+    assert (shrunk <= auto).all() and shrunk.sum() < auto.sum()
+    with pytest.raises(ValueError, match="semi mode only"):
+        model.predict(sample.image, "manual", Prompts(edges=[[x, deep]]))

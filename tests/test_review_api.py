@@ -106,6 +106,9 @@ def test_click_gives_new_mask_and_accept_writes_seg_once(served):
     assert after["corrections"] == 1 and after["can_undo"] and after["mask_png"] != before["mask_png"]
     undone = client.post(f"/api/edits/{edit}/undo", json={"frame": 1}).json()
     assert undone["mask_png"] == before["mask_png"] and undone["can_redo"]
+    edged = client.post(f"/api/edits/{edit}/click", json={"frame": 1, "x": missed[0], "y": missed[1], "edge": True}).json()
+    assert edged["prompts"] == [{"x": missed[0], "y": missed[1], "foreground": True, "edge": True}]
+    client.post(f"/api/edits/{edit}/undo", json={"frame": 1})
     client.post(f"/api/edits/{edit}/redo", json={"frame": 1})
     accepted = client.post(f"/api/edits/{edit}/accept", json={"reader": "reader one"})
     assert accepted.status_code == 200, accepted.text

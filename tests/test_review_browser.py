@@ -60,7 +60,9 @@ def _target(run, station):
             mask = station.open(RUN_ID, item.sop_uid).edit.mask(1)[..., 0]
             missed, false = missed_and_false_pixels(mask, run.reference(item.sop_uid)[0])
             if missed and false:
-                return item, missed, false
+                cols = np.nonzero(mask.any(axis=0))[0]
+                x = int(cols[len(cols) // 4])  # away from the middle, where the point clicks may land
+                return item, missed, false, (x, int(np.nonzero(mask[:, x])[0].max()) + 4)
     pytest.fail("no demo instance with both a missed and a false part")
 
 
@@ -81,7 +83,7 @@ def _click_canvas(page, cols: int, x: int, y: int, button: str = "left") -> int:
 
 def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
     run, station, url = server
-    item, missed, false = _target(run, station)
+    item, missed, false, below_edge = _target(run, station)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         # bypass_csp: the page forbids eval, which Playwright's string predicates use
@@ -101,6 +103,12 @@ def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
         shrunk_before = _near(page, *false)
         _click_canvas(page, cols, *false, button="right")  # right click: not bone
         assert _near(page, *false) < shrunk_before, "the mask did not shrink at the false part"
+        pixels = int(page.get_attribute("#mask-pixels", "data-pixels"))
+        page.keyboard.press("e")  # edge clicks on: the deep edge of the whole surface moves to the click
+        _click_canvas(page, cols, *below_edge)
+        assert int(page.get_attribute("#mask-pixels", "data-pixels")) > pixels, "the edge click did not grow the mask"
+        page.keyboard.press("u")  # undo it: what is accepted is the two point clicks
+        page.wait_for_function(f"document.getElementById('mask-pixels').dataset.pixels == '{pixels}'", timeout=60_000)
         shot = tmp_path / "review-station.png"
         page.screenshot(path=str(shot))
         if os.environ.get(SCREENSHOT_ENV):
@@ -126,5 +134,5 @@ def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
     assert referenced == item.sop_uid
     table = pd.read_csv(run.run_dir / "review" / "review_corrections.csv")
     row = table[table.sop_uid == item.sop_uid].iloc[0]
-    assert row["outcome"] == "accepted" and row["clicks"] == 2 and row["seg_sop_uid"] == seg_uid
+    assert row["outcome"] == "accepted" and row["clicks"] == 3 and row["seg_sop_uid"] == seg_uid  # the undone one counts
     assert np.isfinite(row["dice"]) and row["seconds"] > 0

@@ -87,6 +87,26 @@ def test_clicks_undo_redo_accept_and_second_accept(station_run):
     assert "reader" not in table.columns  # UIDs and measurements only
 
 
+def test_an_edge_click_moves_the_whole_deep_edge_and_undoes(station_run):
+    _, station = station_run
+    items = [i for i in station.run(RUN_ID).items if i.status == "to-do" and i.n_frames == 1]
+    opened = station.open(RUN_ID, items[-1].sop_uid)
+    edit = opened.edit
+    ai = edit.mask(1)[..., 0].copy()
+    cols = np.nonzero(ai.any(axis=0))[0]
+    x = int(cols[len(cols) // 2])
+    deep = int(np.nonzero(ai[:, x])[0].max())
+    grown = edit.click(1, x, deep + 4, foreground=True, edge=True)[..., 0]
+    assert (grown >= ai).all() and grown.sum() > ai.sum()
+    far = cols[np.abs(cols - x) > len(cols) // 4]  # a quarter of the surface away from the click
+    assert (grown[:, far] & ~ai[:, far]).any(axis=0).mean() > 0.5
+    assert edit.state.prompts(1).clicks[-1].edge
+    assert edit.undo() and np.array_equal(edit.mask(1)[..., 0], ai)
+    edit.start_from_scratch()
+    with pytest.raises(ReviewInputError, match="edge clicks"):
+        edit.click(1, x, deep + 4, edge=True)
+
+
 def test_from_scratch_is_manual_and_reject_is_recorded(station_run):
     run, station = station_run
     items = [i for i in station.run(RUN_ID).items if i.status == "to-do" and i.n_frames == 1]

@@ -27,6 +27,7 @@ class Click:
     x: float
     y: float
     foreground: bool
+    edge: bool = False  # an edge click: moves that edge of the whole surface to here (sam2rad/edge_click.py)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class PromptModel(Protocol):
     def predict(self, images, mode: str = "auto", prompts=None) -> list: ...
 
 
-MakePrompts = Callable[..., object]  # sam2rad.model.Prompts (points, labels, box, class_index)
+MakePrompts = Callable[..., object]  # sam2rad.model.Prompts (points, labels, box, edges, edge_labels, class_index)
 
 
 @dataclass
@@ -107,14 +108,18 @@ class InstanceEdit:
         self.state = new_state
         self.corrections += 1
 
-    def click(self, frame_number: int, x: float, y: float, foreground: bool = True) -> np.ndarray:
+    def click(self, frame_number: int, x: float, y: float, foreground: bool = True, edge: bool = False) -> np.ndarray:
+        """A point click, or with `edge` an edge click: the nearest edge of the whole surface, in depth,
+        moves to the click (foreground: the bone reaches here; background: it stops before here)."""
         frame = self.frame(frame_number)
         self._check_point(frame, x, y)
+        if edge and self.state.mode != "semi":
+            raise ReviewInputError("edge clicks move the AI mask's edge; after 'start from scratch' use points or a box")
         prompts = self.state.prompts(frame_number)
         if len(prompts.clicks) + 1 > MAX_PROMPTS_PER_FRAME:
             raise ReviewInputError(f"at most {MAX_PROMPTS_PER_FRAME} clicks a frame")
         self._push(self.state.with_prompts(
-            frame_number, replace(prompts, clicks=prompts.clicks + (Click(float(x), float(y), bool(foreground)),))))
+            frame_number, replace(prompts, clicks=prompts.clicks + (Click(float(x), float(y), bool(foreground), bool(edge)),))))
         return self.mask(frame_number)
 
     def draw_box(self, frame_number: int, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -158,13 +163,16 @@ class InstanceEdit:
     # -- masks --------------------------------------------------------------------------------
     def _model_prompts(self, frame: UsFrame, prompts: FramePrompts):
         b = frame.crop_bounds
-        points = [[c.x - b.min_x0, c.y - b.min_y0] for c in prompts.clicks]
-        labels = [1 if c.foreground else 0 for c in prompts.clicks]
         box = None if prompts.box is None else np.array(
             [prompts.box[0] - b.min_x0, prompts.box[1] - b.min_y0, prompts.box[2] - b.min_x0,
              prompts.box[3] - b.min_y0], dtype=np.float32)
-        return self.make_prompts(points=np.array(points, dtype=np.float32).reshape(-1, 2) if points else None,
-                                 labels=np.array(labels, dtype=np.int64) if labels else None, box=box)
+        kinds = {}
+        for edge in (False, True):
+            clicks = [c for c in prompts.clicks if c.edge == edge]
+            kinds[edge] = (np.array([[c.x - b.min_x0, c.y - b.min_y0] for c in clicks], dtype=np.float32) if clicks else None,
+                           np.array([1 if c.foreground else 0 for c in clicks], dtype=np.int64) if clicks else None)
+        return self.make_prompts(points=kinds[False][0], labels=kinds[False][1], box=box,
+                                 edges=kinds[True][0], edge_labels=kinds[True][1])
 
     def warm(self, frame_number: int) -> None:
         """Encode the frame now (the first view's cost), so the reader's first click runs the decoder only."""

@@ -102,7 +102,9 @@ function draw() {
   }
   if (S.box) { g.strokeStyle = "#ff0"; g.strokeRect(S.box[0], S.box[1], S.box[2] - S.box[0], S.box[3] - S.box[1]); }
   for (const p of S.prompts) {
-    g.fillStyle = p.foreground ? "#0f0" : "#f33"; g.beginPath(); g.arc(p.x, p.y, 3, 0, 7); g.fill();
+    g.fillStyle = p.foreground ? "#0f0" : "#f33";
+    if (p.edge) g.fillRect(p.x - 6, p.y - 1, 13, 3);  // an edge click: a bar along the edge it moved
+    else { g.beginPath(); g.arc(p.x, p.y, 3, 0, 7); g.fill(); }
   }
 }
 
@@ -126,7 +128,7 @@ $("view").addEventListener("mouseup", (ev) => {
   const [x0, y0] = down.p, [x1, y1] = imagePoint(ev), bg = down.button === 2 || down.shift;
   down = null;
   if (Math.abs(x1 - x0) > 4 && Math.abs(y1 - y0) > 4) correct("box", {frame: S.frame, x0, y0, x1, y1});
-  else correct("click", {frame: S.frame, x: Math.round(x0), y: Math.round(y0), foreground: !bg});
+  else correct("click", {frame: S.frame, x: Math.round(x0), y: Math.round(y0), foreground: !bg, edge: $("edge-tool").checked});
 });
 
 const reader = () => { const r = $("reader").value.trim(); localStorage.setItem("sam2rad-reader", r); return r; };
@@ -168,6 +170,7 @@ document.addEventListener("keydown", (ev) => {
   else if (k === "r") decide("reject");
   else if (k === "n") next();
   else if (k === "o") { $("outline").checked = !$("outline").checked; draw(); }
+  else if (k === "e") { $("edge-tool").checked = !$("edge-tool").checked; }
   else if (S.info && ev.key === "ArrowRight" && S.frame < S.info.n_frames) showFrame(S.frame + 1);
   else if (S.info && ev.key === "ArrowLeft" && S.frame > 1) showFrame(S.frame - 1);
   else return;

@@ -381,9 +381,10 @@ class Sam2Rad(nn.Module):
             self._remember_auto([enc], self._decode_auto(enc.features, self._mirrored_batch([enc])))
 
     def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, pts, p: Prompts) -> torch.Tensor:
-        """A clicks-only correction: auto's mask with its edges moved to the edge clicks
-        (sam2rad/edge_click.py), plus the point clicks' changes that touch them."""
-        whole = self.click_reach_px is None or enc.auto_logits is None  # the re-decoded mask is taken whole
+        """Clicks: auto's mask with its edges moved to the edge clicks (sam2rad/edge_click.py), plus the
+        point clicks' changes that touch them. With a reader's box or mask the decoded mask is taken
+        whole (a global correction), and edge clicks move its edges."""
+        whole = (p.box is not None or p.mask is not None or self.click_reach_px is None or enc.auto_logits is None)
         base = logits if whole else auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
         moved = base if p.edges is None else apply_edge_clicks(
             base, p.edges * enc.geometry.scale, p.edge_labels, self.backbone.input_size, self.mask_threshold)
@@ -423,7 +424,7 @@ class Sam2Rad(nn.Module):
                         d_k = be.prompt_encoder._embed_masks(mask)
                 out = be.decode(enc.features, s_k, d_k)
                 logits = self.refine(enc.features, out.low_res_logits, pts)
-                if p is not None and p.box is None and p.mask is None and (pts is not None or p.edges is not None):
+                if p is not None and (pts is not None or p.edges is not None):
                     logits = self._edit_at_clicks(enc, k, logits, pts, p)
                 rows.append((k, out, logits, box_px[k:k + 1]))
         outs = [out for _, out, _, _ in rows]

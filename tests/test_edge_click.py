@@ -101,3 +101,10 @@ def test_an_edge_click_on_the_shipped_model_moves_the_deep_edge_everywhere_witho
     assert (shrunk <= auto).all() and shrunk.sum() < auto.sum()
     with pytest.raises(ValueError, match="semi mode only"):
         model.predict(sample.image, "manual", Prompts(edges=[[x, deep]]))
+    # With a reader's box the box-prompted mask is taken whole, and an edge click moves its edge.
+    ys, xs = np.nonzero(auto)
+    box = [xs.min(), ys.min(), xs.max(), ys.max()]
+    boxed = model.predict(sample.image, "semi", Prompts(box=box))[0].masks[0]
+    deep_boxed = int(np.nonzero(boxed[:, x])[0].max())
+    both = model.predict(sample.image, "semi", Prompts(box=box, edges=[[x, deep_boxed + 3]], edge_labels=[1]))[0].masks[0]
+    assert (both >= boxed).all() and both.sum() > boxed.sum()

@@ -45,10 +45,11 @@ def wants_edge_tool(pred: np.ndarray, gt: np.ndarray, point: list[float], label:
                     fraction: float = EDGE_STRIP_FRACTION) -> bool:
     """The simulated reader's tool for the click `error_click` chose: True (edge click) when the
     error region under it runs along the mask for at least `fraction` of the mask's width and the
-    click's column holds mask (there is an edge to move); False (point click) otherwise."""
+    click's column holds mask that is right (an edge to move, not a false piece or a missed one);
+    False (point click) otherwise."""
     h, w = pred.shape
     x, y = int(np.clip(round(point[0]), 0, w - 1)), int(np.clip(round(point[1]), 0, h - 1))
-    if not pred[:, x].any():
+    if not (pred[:, x] & gt[:, x]).any():
         return False
     error = (gt & ~pred) if label == 1 else (pred & ~gt)
     regions, _ = ndimage.label(error)

@@ -68,6 +68,10 @@ def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
     piece[60:70, 90:95] = True  # a missed piece where the mask has no column: a point click
     point, label = error_click(pred, piece)
     assert not wants_edge_tool(pred, piece, point, label)
+    too_long = pred.copy()
+    too_long[:, 50:] = False  # the mask runs on 36 columns past the surface's end: that whole run is
+    point, label = error_click(pred, too_long)  # false, so there is no edge to move there
+    assert label == 0 and not wants_edge_tool(pred, too_long, point, label)
 
 
 def test_edge_click_prompts_are_checked():

@@ -1,5 +1,6 @@
 """Images per second of the bare encoder vs Sam2Rad `auto` and `manual` predict, side by side, at
-one or more batch sizes, and the cost of one reader click in `semi` mode on a cached encoding.
+one or more batch sizes, and the cost of one reader click in `semi` mode on a shown image (its
+encoding and `auto` result cached, as on the review page): a point click and an edge click.
 
 Targets: auto / bare encoder >= 0.85 (the PPN, decoder and refiner must cost little beside the
 encoder); a click < 150 ms with LiteMedSAM on 2 CPU threads (decoder path only, never the encoder).
@@ -47,8 +48,10 @@ def interleaved_rates(fns, repeats: int, images_per_call: int, device: str) -> l
     return [images_per_call / float(np.median(s)) for s in seconds]
 
 
-def measure(model: Sam2Rad, size: int, batch: int, repeats: int, device: str) -> tuple[float, float, float, float | None]:
-    """(encoder, auto, manual) images/s at this batch size, and a click's ms (batch 1 only)."""
+def measure(model: Sam2Rad, size: int, batch: int, repeats: int, device: str
+            ) -> tuple[float, float, float, float | None, float | None]:
+    """(encoder, auto, manual) images/s at this batch size, and a point click's and an edge click's
+    ms (batch 1 only)."""
     rng = np.random.default_rng(batch)
     images = [rng.integers(0, 255, (size, size), dtype=np.uint8) for _ in range(batch)]
     pixels, _ = model.backbone.preprocess(images)
@@ -70,14 +73,24 @@ def measure(model: Sam2Rad, size: int, batch: int, repeats: int, device: str) ->
     if batch == 1:
         clicks = Prompts(points=[[size * 0.5, size * 0.45], [size * 0.3, size * 0.7]], labels=[1, 0])
 
-        def click():  # a reader's second click: the encoding is cached, only the decoder path runs
+        def click():  # a reader's click on a shown image: the encoding and auto's result are cached
             before = model.encoder_calls
             model.predict(images[0], "semi", clicks)
             assert model.encoder_calls == before, "a click re-ran the encoder"
 
-        fns.append(click)
+        edge_clicks = Prompts(points=clicks.points, labels=clicks.labels, edges=[[size * 0.5, size * 0.55]], edge_labels=[1])
+
+        def edge_click():  # then an edge click: the same decoder path, plus moving auto's edge (sam2rad/edge_click.py)
+            before = model.encoder_calls
+            model.predict(images[0], "semi", edge_clicks)
+            assert model.encoder_calls == before, "an edge click re-ran the encoder"
+
+        def shown():  # not timed for the table: the image's auto result, as the review page shows it first
+            model.predict(images[0], "auto")
+
+        fns += [shown, click, edge_click]
     rates = interleaved_rates(fns, repeats, batch, device)
-    return rates[0], rates[1], rates[2], (1000 / rates[3] if batch == 1 else None)
+    return rates[0], rates[1], rates[2], *((1000 / rates[4], 1000 / rates[5]) if batch == 1 else (None, None))
 
 
 def main() -> None:
@@ -96,15 +109,15 @@ def main() -> None:
         model = build_sam2rad(name, pretrained=pretrained, input_size=size,
                               refiner_config=RefinerConfig()).to(args.device).eval()
         for batch in batches:
-            bare, auto, manual, click_ms = measure(model, size, batch, args.repeats, args.device)
-            rows.append((f"{name}@{size}", batch, bare, auto, manual, auto / bare, click_ms))
+            bare, auto, manual, click_ms, edge_ms = measure(model, size, batch, args.repeats, args.device)
+            rows.append((f"{name}@{size}", batch, bare, auto, manual, auto / bare, click_ms, edge_ms))
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"\nthreads={args.threads} device={args.device} ({device}) repeats={args.repeats}")
     print(f"{'backbone':<22}{'batch':>6}{'encoder img/s':>15}{'auto img/s':>12}{'manual img/s':>14}"
-          f"{'auto/encoder':>14}{'click ms':>10}")
-    for name, batch, b, a, m, ratio, ms in rows:
-        click = f"{ms:>10.1f}" if ms is not None else f"{'-':>10}"
-        print(f"{name:<22}{batch:>6}{b:>15.2f}{a:>12.2f}{m:>14.2f}{ratio:>14.2f}{click}")
+          f"{'auto/encoder':>14}{'click ms':>10}{'edge click ms':>15}")
+    for name, batch, b, a, m, ratio, ms, edge_ms in rows:
+        clicks = "".join(f"{v:>{w}.1f}" if v is not None else f"{'-':>{w}}" for v, w in ((ms, 10), (edge_ms, 15)))
+        print(f"{name:<22}{batch:>6}{b:>15.2f}{a:>12.2f}{m:>14.2f}{ratio:>14.2f}{clicks}")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ Why: across scanners the errors that are left are not pieces but edges. A model 
 generator A and run on generator B gets the extent of a bone surface right and its deep (or
 shallow) edge one to three pixels off along the whole surface, which is where the two
 generators' labels differ. A point click on such a strip changes a few pixels next to it (+0.004
-Dice on the demo model's B images). Measured on the same images, moving the edge nearest to the
-click along the whole mask by the click's distance to it (simulated on source masks, the reader
-using it when the largest error is a strip spanning at least a quarter of the mask): +0.055 for
-the first click, no image worse. On the model's own generator the errors are short slivers and a
-whole-edge move there makes most images worse, so it is a separate tool the reader picks, not
-what a point click does.
+Dice on the demo model's 20 held-out B images). Moving the edge nearest to the click along the
+whole mask to the click, the simulated reader using it when the largest error is a strip spanning
+at least a quarter of the mask (sam2rad/clicks.py): +0.048 for the first click on the same images,
+5 % of them worse (`sam2rad evaluate --clicks 3`, README). On the model's own generator the errors
+are short slivers and a whole-edge move there makes most images worse (65 % of A images, simulated
+for every click near an edge), so it is a separate tool the reader picks, not what a point click
+does.
 
 Depth is the image's row axis (the beam direction of a linear probe; near the middle of a convex
 sector it is close to it). The move works on logits, so it is sub-pixel in model space:

@@ -135,6 +135,7 @@ def click_statistics(rows: Sequence[EvalRow], weak_below: float = 0.85) -> dict:
         "first_click_worse_fraction": float(np.mean([d[1] < d[0] - 1e-9 for d in items])),
         "any_click_worse_fraction": float(np.mean([b < a - 1e-9 for a, b in steps])) if steps else float("nan"),
         "noc85": number_of_clicks(rows, 0.85), "noc90": number_of_clicks(rows, 0.90),
+        "noc_cap": max(max(d) for d in items),  # an image that never reaches a threshold counts this many
     }
 
 
@@ -185,7 +186,8 @@ def format_table(summary: Sequence[dict]) -> str:
 def format_click_statistics(stats: dict) -> str:
     if not stats:
         return "no click rows"
-    return (f"clicks: NoC@85 {stats['noc85']:.2f}, NoC@90 {stats['noc90']:.2f} over {stats['n_images']} images; "
+    return (f"clicks: NoC@85 {stats['noc85']:.2f}, NoC@90 {stats['noc90']:.2f} over {stats['n_images']} images "
+            f"(capped at {stats['noc_cap']} clicks: an image never reaching the Dice counts {stats['noc_cap']}); "
             f"first click on the {stats['n_weak']} images with auto Dice < 0.85 adds {stats['first_click_gain_weak']:+.3f}; "
             f"a first click makes {100 * stats['first_click_worse_fraction']:.1f} % of images worse, "
             f"any click {100 * stats['any_click_worse_fraction']:.1f} % of steps")

@@ -8,7 +8,7 @@ import torch
 from sam2rad.checkpoint import load_checkpoint, save_checkpoint
 from sam2rad.clicks import error_click
 from sam2rad.data.specs import load_spec
-from sam2rad.evaluate import click_statistics, evaluate_model, number_of_clicks, EvalRow
+from sam2rad.evaluate import click_statistics, evaluate_model, format_click_statistics, number_of_clicks, EvalRow
 from sam2rad.model import Prompts, Sam2Rad, build_sam2rad
 from sam2rad.refine import RefinerConfig, click_maps
 from sam2rad.train import TrainConfig, Trainer, plan_training
@@ -157,6 +157,7 @@ def test_noc_counts_clicks_until_the_threshold():
     assert stats["n_weak"] == 2
     assert stats["first_click_gain_weak"] == pytest.approx(((0.80 - 0.50) + (0.30 - 0.40)) / 2)
     assert stats["first_click_worse_fraction"] == pytest.approx(1 / 3)
+    assert stats["noc_cap"] == 2 and "capped at 2 clicks" in format_click_statistics(stats)
 
 
 def test_evaluate_with_clicks_writes_one_row_per_click(with_refiner):

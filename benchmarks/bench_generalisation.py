@@ -243,6 +243,7 @@ def main() -> None:
     tests = {g: load_generator(g, args.n_test, TEST_SEED) for g in ("A", "B")}
     meta = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": {}}
     rows: list[dict] = []
+    flips = {"both": (False, True), "on": (True,), "off": (False,)}[args.flip]  # both models alike
     for gen in directions:
         train = load_generator(gen, args.n_train, TRAIN_SEED)
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -253,7 +254,7 @@ def main() -> None:
                 meta["seconds"][f"sam2rad_train_{gen}_seed{seed}"] = took = round(time.perf_counter() - t, 1)
                 print(f"sam2rad starting weights: {meta['init']}", flush=True)
                 for te, samples in tests.items():
-                    for flip in {"both": (False, True), "on": (True,), "off": (False,)}[args.flip]:
+                    for flip in flips:
                         rows += eval_sam2rad(model, samples, {**tag, "test_gen": te}, flip)
                 print(f"[{time.strftime('%H:%M:%S')}] sam2rad trained on {gen} (seed {seed}): {took} s", flush=True)
                 print(write_outputs(args.out, rows, meta), flush=True)
@@ -265,7 +266,7 @@ def main() -> None:
                                   device=args.device)
                 meta["seconds"][f"unet_train_{gen}_seed{seed}"] = took = round(time.perf_counter() - t, 1)
                 for te, samples in tests.items():
-                    for flip in {"both": (False, True), "on": (True,), "off": (False,)}[args.flip]:
+                    for flip in flips:
                         rows += eval_unet(unet, samples, {**tag, "test_gen": te}, flip)
                 print(f"[{time.strftime('%H:%M:%S')}] unet trained on {gen} (seed {seed}): {took} s "
                       f"({unet.seconds / args.epochs_unet:.2f} s/epoch, final loss {unet.history[-1]['loss']:.4f})", flush=True)

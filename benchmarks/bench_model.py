@@ -71,24 +71,21 @@ def measure(model: Sam2Rad, size: int, batch: int, repeats: int, device: str
 
     fns = [bare, auto, manual]
     if batch == 1:
-        clicks = Prompts(points=[[size * 0.5, size * 0.45], [size * 0.3, size * 0.7]], labels=[1, 0])
+        points = Prompts(points=[[size * 0.5, size * 0.45], [size * 0.3, size * 0.7]], labels=[1, 0])
+        # then an edge click: the same decoder path, plus moving auto's edge (sam2rad/edge_click.py)
+        edges = Prompts(points=points.points, labels=points.labels, edges=[[size * 0.5, size * 0.55]], edge_labels=[1])
 
-        def click():  # a reader's click on a shown image: the encoding and auto's result are cached
-            before = model.encoder_calls
-            model.predict(images[0], "semi", clicks)
-            assert model.encoder_calls == before, "a click re-ran the encoder"
-
-        edge_clicks = Prompts(points=clicks.points, labels=clicks.labels, edges=[[size * 0.5, size * 0.55]], edge_labels=[1])
-
-        def edge_click():  # then an edge click: the same decoder path, plus moving auto's edge (sam2rad/edge_click.py)
-            before = model.encoder_calls
-            model.predict(images[0], "semi", edge_clicks)
-            assert model.encoder_calls == before, "an edge click re-ran the encoder"
+        def clicking(prompts: Prompts):
+            def click():  # a reader's click on a shown image: the encoding and auto's result are cached
+                before = model.encoder_calls
+                model.predict(images[0], "semi", prompts)
+                assert model.encoder_calls == before, "a click re-ran the encoder"
+            return click
 
         def shown():  # not timed for the table: the image's auto result, as the review page shows it first
             model.predict(images[0], "auto")
 
-        fns += [shown, click, edge_click]
+        fns += [shown, clicking(points), clicking(edges)]
     rates = interleaved_rates(fns, repeats, batch, device)
     return rates[0], rates[1], rates[2], *((1000 / rates[4], 1000 / rates[5]) if batch == 1 else (None, None))
 

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-MAX_MOVE_PX = 16.0  # model pixels: an edge click further than this from the edge moves it this far
+MAX_MOVE_PX = 16.0  # logit pixels (model pixels at the refiner's size): a click further from the edge moves it this far
 
 
 def _shift_rows(logits: torch.Tensor, amount: float) -> torch.Tensor:

@@ -104,27 +104,32 @@ def evaluate_model(model: Sam2Rad, samples: Sequence[Sample], modes: Sequence[st
     return rows
 
 
-def number_of_clicks(rows: Sequence[EvalRow], threshold: float) -> float:
-    """Mean NoC@threshold over (image, class): clicks until Dice >= threshold, 0 when auto reaches
-    it, capped at the most clicks simulated."""
+def _dice_by_clicks(rows: Sequence[EvalRow]) -> list[dict[int, float]]:
+    """Per (image, class): {clicks: Dice}, 0 being auto."""
     by_item: dict[tuple[str, str], dict[int, float]] = {}
     for r in rows:
         if r.mode in ("auto", "semi_click"):
             by_item.setdefault((r.name, r.class_name), {})[r.clicks] = r.dice
-    if not by_item:
+    return list(by_item.values())
+
+
+def noc_cap(rows: Sequence[EvalRow]) -> int:
+    """The most clicks simulated: what an image that never reaches a threshold counts in NoC."""
+    return max((max(d) for d in _dice_by_clicks(rows)), default=0)
+
+
+def number_of_clicks(rows: Sequence[EvalRow], threshold: float) -> float:
+    """Mean NoC@threshold over (image, class): clicks until Dice >= threshold, 0 when auto reaches
+    it, capped at the most clicks simulated (noc_cap)."""
+    items, cap = _dice_by_clicks(rows), noc_cap(rows)
+    if not items:
         return float("nan")
-    cap = max(max(d) for d in by_item.values())
-    counts = [next((n for n in sorted(d) if d[n] >= threshold), cap) for d in by_item.values()]
-    return float(np.mean(counts))
+    return float(np.mean([next((n for n in sorted(d) if d[n] >= threshold), cap) for d in items]))
 
 
 def click_statistics(rows: Sequence[EvalRow], weak_below: float = 0.85) -> dict:
     """What clicks do: first-click gain where auto is weak, how often a click makes things worse, NoC."""
-    by_item: dict[tuple[str, str], dict[int, float]] = {}
-    for r in rows:
-        if r.mode in ("auto", "semi_click"):
-            by_item.setdefault((r.name, r.class_name), {})[r.clicks] = r.dice
-    items = [d for d in by_item.values() if 0 in d and 1 in d]
+    items = [d for d in _dice_by_clicks(rows) if 0 in d and 1 in d]
     if not items:
         return {}
     weak = [d for d in items if d[0] < weak_below]
@@ -135,7 +140,7 @@ def click_statistics(rows: Sequence[EvalRow], weak_below: float = 0.85) -> dict:
         "first_click_worse_fraction": float(np.mean([d[1] < d[0] - 1e-9 for d in items])),
         "any_click_worse_fraction": float(np.mean([b < a - 1e-9 for a, b in steps])) if steps else float("nan"),
         "noc85": number_of_clicks(rows, 0.85), "noc90": number_of_clicks(rows, 0.90),
-        "noc_cap": max(max(d) for d in items),  # an image that never reaches a threshold counts this many
+        "noc_cap": noc_cap(rows),
     }
 
 

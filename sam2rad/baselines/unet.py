@@ -114,13 +114,15 @@ class UNetModel:
         test-time flip Sam2Rad offers, so the two models' flip rows compare like with like)."""
         img = _grey(image)
         self.net.eval()
-        x, _ = _to_batch([img])
-        x = x.to(self.config.device).contiguous(memory_format=torch.channels_last)
-        logits = self.net(x)[0, 0, : img.shape[0], : img.shape[1]]
+
+        def run(grey: np.ndarray) -> torch.Tensor:
+            x, _ = _to_batch([grey])
+            x = x.to(self.config.device).contiguous(memory_format=torch.channels_last)
+            return self.net(x)[0, 0, : grey.shape[0], : grey.shape[1]]
+
+        logits = run(img)
         if flip:  # mirror the image itself, not the padded batch, so padding stays bottom/right
-            xm, _ = _to_batch([np.ascontiguousarray(img[:, ::-1])])
-            xm = xm.to(self.config.device).contiguous(memory_format=torch.channels_last)
-            logits = 0.5 * (logits + self.net(xm)[0, 0, : img.shape[0], : img.shape[1]].flip(-1))
+            logits = 0.5 * (logits + run(np.ascontiguousarray(img[:, ::-1])).flip(-1))
         return logits.cpu().numpy()
 
     def predict(self, image: np.ndarray, flip: bool = False) -> np.ndarray:

@@ -37,12 +37,14 @@ def auto_base(logits: torch.Tensor, threshold: float, min_part_fraction: float |
 
 def keep_changes_at_clicks(base: torch.Tensor, new: torch.Tensor, coords_px: np.ndarray, input_size: int,
                            threshold: float = 0.0, reach_px: float = DEFAULT_CLICK_REACH_PX,
-                           onto: torch.Tensor | None = None) -> torch.Tensor:
+                           onto: torch.Tensor | None = None, margin_px: int = 0) -> torch.Tensor:
     """`base` logits (1, 1, s, s) with `new`'s where the masks differ in a region that touches a click.
 
     coords_px: (P, 2) clicks (x, y) in model-input pixels; the logits may be coarser (s < input_size).
     onto: where the kept changes go instead of `base` (auto's mask after edge clicks: the changes are
     still measured against auto's, which the decoder did not see moved).
+    margin_px: the kept regions widened by this many logit pixels, so that the logits just past a
+    moved edge come along with it (what the mask's way back to the source interpolates).
     """
     onto = base if onto is None else onto
     old_mask = (base[0, 0] > threshold).cpu().numpy()
@@ -60,4 +62,6 @@ def keep_changes_at_clicks(base: torch.Tensor, new: torch.Tensor, coords_px: np.
         near[max(0, cy - reach):cy + reach + 1, max(0, cx - reach):cx + reach + 1] = True
     ids = np.unique(regions[near & changed])
     keep = np.isin(regions, ids[ids > 0])
+    if margin_px > 0 and keep.any():
+        keep = ndimage.binary_dilation(keep, structure=_EIGHT, iterations=margin_px)
     return torch.where(torch.as_tensor(keep, device=base.device)[None, None], new, onto)

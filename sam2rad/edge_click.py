@@ -12,6 +12,12 @@ are short slivers and a whole-edge move there makes most images worse (65 % of A
 for every click near an edge), so it is a separate tool the reader picks, not what a point click
 does.
 
+A point click still goes to the decoder first. Where the decoder did not follow it (the clicked
+pixel still on the wrong side, as for most point clicks on B), the same move is made locally: the
+nearest edge moves to the click at its column, fading out over a few columns either side
+(`hold_point_clicks`). A reader's click then always counts where it was made, and repeated clicks
+walk an edge piece by piece instead of stalling.
+
 Depth is the image's row axis (the beam direction of a linear probe; near the middle of a convex
 sector it is close to it). The move works on logits, so it is sub-pixel in model space:
   grow the deep edge by a:     max(L, L shifted down by a)
@@ -25,6 +31,8 @@ import math
 
 import numpy as np
 import torch
+
+from .click_edit import keep_changes_at_clicks
 
 MAX_MOVE_PX = 16.0  # logit pixels (model pixels at the refiner's size): a click further from the edge moves it this far
 
@@ -54,13 +62,15 @@ def _run_at(column: np.ndarray, y: float) -> tuple[int, int] | None:
     return int(run[0]), int(run[-1])
 
 
-def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: float = 0.0) -> torch.Tensor:
+def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: float = 0.0,
+              reach: float | None = None, past: float = 0.0) -> torch.Tensor:
     """Move the edge of (1, 1, s, s) `logits` nearest to the click (x, y, logit pixels) to it.
 
     grow: the structure reaches the click (a click beyond the deep or above the shallow edge);
     otherwise it stops before it (a click inside the mask: the nearer edge moves past the click).
     A click in a column without mask, or a grow click inside / a shrink click outside the mask,
-    changes nothing.
+    changes nothing; so does one that would move the edge further than `reach` (None: any distance,
+    moves capped at MAX_MOVE_PX). `past`: a grown edge goes this far beyond the click.
     """
     s = logits.shape[-1]
     col = int(np.clip(round(x), 0, s - 1))
@@ -69,24 +79,78 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
         return logits
     top, deep = run
     if grow and y > deep:
-        shift, keep = min(y - deep, MAX_MOVE_PX), torch.maximum
+        shift, keep = min(y - deep + past, MAX_MOVE_PX), torch.maximum
     elif grow and y < top:
-        shift, keep = -min(top - y, MAX_MOVE_PX), torch.maximum
-    elif not grow and top <= y <= deep:
+        shift, keep = -min(top - y + past, MAX_MOVE_PX), torch.maximum
+    elif not grow and top - 1 <= y <= deep + 1:
+        # Within a pixel outside the run counts as on its edge: the source pixel clicked can be in
+        # the mask while its model-space position lies just past the thresholded run.
+        y = min(max(y, float(top)), float(deep))
         if deep - y <= y - top:  # the deep edge moves up past the click
             shift, keep = -min(deep - y + 1, MAX_MOVE_PX), torch.minimum
         else:  # the shallow edge moves down past the click
             shift, keep = min(y - top + 1, MAX_MOVE_PX), torch.minimum
     else:
         return logits
+    if reach is not None and abs(shift) > reach:  # too far from any edge to be meant for one
+        return logits
     return keep(logits, _shift_rows(logits, float(shift)))
+
+
+def _to_logit_px(coords_px: np.ndarray, input_size: int, side: int) -> np.ndarray:
+    """Model-input pixel indices -> logit pixel indices (pixel centres map onto pixel centres)."""
+    scale = side / float(input_size)
+    return (np.asarray(coords_px, dtype=np.float64).reshape(-1, 2) + 0.5) * scale - 0.5
 
 
 def apply_edge_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,
                       threshold: float = 0.0) -> torch.Tensor:
     """Edge clicks in order, each on the result of the ones before. coords_px: (E, 2) in model-input
     pixels (the logits may be coarser); labels (E,): 1 grow, 0 shrink."""
-    scale = logits.shape[-1] / float(input_size)
-    for (x, y), label in zip(np.asarray(coords_px, dtype=np.float64).reshape(-1, 2), np.asarray(labels).reshape(-1)):
-        logits = move_edge(logits, x * scale, y * scale, bool(label), threshold)
+    for (x, y), label in zip(_to_logit_px(coords_px, input_size, logits.shape[-1]), np.asarray(labels).reshape(-1)):
+        logits = move_edge(logits, x, y, bool(label), threshold)
+    return logits
+
+
+# A point click the decoder did not follow (its pixel still on the wrong side) moves the nearest edge
+# to it locally: fully at the click's column, tapering linearly to nothing HOLD_WINDOW_PX logit
+# columns either side. Why tapered and short: on the model's own generator the errors left are short
+# slivers, and a hard 16-column window made 30 % of A images worse with the first click (8-column
+# taper: none); across generators it is what lets later clicks count (README, session 13).
+HOLD_WINDOW_PX = 8
+HOLD_REACH_PX = 8.0  # logit pixels: a click further than this from every edge is not about an edge
+HOLD_PAST_PX = 0.25  # a held edge goes this far past the click (logit pixels)
+
+
+def _value_at(logits: torch.Tensor, x: float, y: float) -> float:
+    """The (1, 1, h, w) logits at a sub-pixel position, interpolated like the mask's way back to the source."""
+    h, w = logits.shape[-2:]
+    x, y = float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1))
+    x0, y0 = min(int(x), w - 2) if w > 1 else 0, min(int(y), h - 2) if h > 1 else 0
+    fx, fy = x - x0, y - y0
+    patch = logits[0, 0, y0:y0 + 2, x0:x0 + 2].double()
+    top = patch[0, 0] * (1 - fx) + patch[0, -1] * fx
+    bottom = patch[-1, 0] * (1 - fx) + patch[-1, -1] * fx
+    return float(top * (1 - fy) + bottom * fy)
+
+
+def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,
+                      threshold: float = 0.0, window_px: float = HOLD_WINDOW_PX) -> torch.Tensor:
+    """Point clicks whose pixel is still on the wrong side of `threshold` move the nearest edge to
+    them (a tapered local edge move, only the change that reaches the click kept); clicks the mask
+    already obeys, and clicks far from any edge, change nothing. coords_px: (P, 2) model-input
+    pixels; labels (P,) 1 foreground, 0 background."""
+    side = logits.shape[-1]
+    coords_px = np.asarray(coords_px, dtype=np.float64).reshape(-1, 2)
+    cols = torch.arange(side, device=logits.device, dtype=logits.dtype)
+    for xy, (x, y), label in zip(coords_px, _to_logit_px(coords_px, input_size, side), np.asarray(labels).reshape(-1)):
+        col = int(np.clip(round(x), 0, side - 1))
+        if (_value_at(logits, x, y) > threshold) == bool(label):
+            continue
+        # A little past the click: a sub-pixel shift of a sharp edge can stop just short of it.
+        moved = move_edge(logits, x, y, bool(label), threshold, reach=HOLD_REACH_PX, past=HOLD_PAST_PX)
+        weight = (1.0 - (cols - col).abs() / (window_px + 1.0)).clamp(min=0.0)
+        moved = logits + weight * (moved - logits)
+        # Only the change that reaches the click: the shift also moves other parts in its columns.
+        logits = keep_changes_at_clicks(logits, moved, xy[None], input_size, threshold, reach_px=1.0, margin_px=1)
     return logits

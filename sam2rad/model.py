@@ -28,7 +28,7 @@ from .refine import MaskRefiner, RefinerConfig, click_maps
 from .flip_tta import mean_with_mirrored, mirror_input
 from .prompts import Prompts, validate_image  # noqa: F401 - Prompts is part of this module's API
 from .click_edit import DEFAULT_CLICK_REACH_PX, auto_base, keep_changes_at_clicks
-from .edge_click import apply_edge_clicks
+from .edge_click import HOLD_WINDOW_PX, apply_edge_clicks, hold_point_clicks
 
 Mode = Literal["auto", "semi", "manual"]
 MODES: tuple[str, ...] = ("auto", "semi", "manual")
@@ -91,6 +91,9 @@ class Sam2Rad(nn.Module):
         # semi: a reader's clicks keep only the changes connected to them (sam2rad/click_edit.py); None: the
         # whole re-decoded mask is taken.
         self.click_reach_px: float | None = DEFAULT_CLICK_REACH_PX
+        # A point click the decoder left wrong moves the nearest edge to it, tapering off over this many
+        # logit columns either side (sam2rad/edge_click.py hold_point_clicks); None: it does not.
+        self.hold_window_px: float | None = HOLD_WINDOW_PX
         self.flip_test_time = False  # auto also decodes the mirrored input (sam2rad/flip_tta.py); 2x encoder
         self.logit_dropout = 0.0  # set by the Trainer (TrainConfig.refiner_logit_dropout); never saved
         # The scores this model gives its training images (sam2rad/confidence.py): set by the Trainer,
@@ -140,11 +143,9 @@ class Sam2Rad(nn.Module):
             pixels, geoms = self.backbone.preprocess([images[i] for i in todo])
             feats = self.backbone.encode(pixels)
             feats.image = grey_input(pixels)
-            back = None
-            if flip:
-                mirrored = mirror_input(pixels)
-                back = self.backbone.encode(mirrored)
-                back.image = grey_input(mirrored)
+            back = self.backbone.encode(mirror_input(pixels)) if flip else None
+            if back is not None:
+                back.image = mirror_input(feats.image)
             self.encoder_calls += len(todo) * (2 if flip else 1)
             for row, i in enumerate(todo):
                 self._cache[keys[i]] = EncodedImage(feats.select([row]), geoms[row],
@@ -382,16 +383,17 @@ class Sam2Rad(nn.Module):
 
     def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, pts, p: Prompts) -> torch.Tensor:
         """Clicks: auto's mask with its edges moved to the edge clicks (sam2rad/edge_click.py), plus the
-        point clicks' changes that touch them. With a reader's box or mask the decoded mask is taken
-        whole (a global correction), and edge clicks move its edges."""
+        point clicks' changes that touch them, then point clicks the decoder left wrong held by a local
+        edge move. With a reader's box or mask the decoded mask is taken whole (a global correction)."""
         whole = (p.box is not None or p.mask is not None or self.click_reach_px is None or enc.auto_logits is None)
         base = logits if whole else auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
-        moved = base if p.edges is None else apply_edge_clicks(
-            base, p.edges * enc.geometry.scale, p.edge_labels, self.backbone.input_size, self.mask_threshold)
-        if whole or pts is None:
-            return moved
-        return keep_changes_at_clicks(base, logits, pts[0][0].cpu().numpy(), self.backbone.input_size,
-                                      self.mask_threshold, self.click_reach_px, onto=moved)
+        size, thr, geom = self.backbone.input_size, self.mask_threshold, enc.geometry
+        out = base if p.edges is None else apply_edge_clicks(base, geom.to_input(p.edges), p.edge_labels, size, thr)
+        if pts is not None and not whole:
+            out = keep_changes_at_clicks(base, logits, pts[0][0].cpu().numpy(), size, thr, self.click_reach_px, onto=out)
+        if pts is not None and self.hold_window_px is not None:
+            out = hold_point_clicks(out, geom.to_input(p.points), p.labels, size, thr, self.hold_window_px)
+        return out
 
     def _decode_prompted(self, enc: EncodedImage, mode: str, by_class: dict[int, Prompts]) -> DecodedRows:
         """semi and manual: one image, rows decoded one by one (their numbers of point tokens differ)."""

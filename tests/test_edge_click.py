@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sam2rad.clicks import error_click, wants_edge_tool
-from sam2rad.edge_click import MAX_MOVE_PX, apply_edge_clicks, move_edge
+from sam2rad.edge_click import HOLD_REACH_PX, HOLD_WINDOW_PX, MAX_MOVE_PX, apply_edge_clicks, hold_point_clicks, move_edge
 from sam2rad.model import Prompts
 
 
@@ -35,6 +35,42 @@ def test_the_nearest_edge_moves_to_the_click_along_the_whole_surface(y, grow, ex
     for col in (10, 30, 54):  # far from the click too: the whole edge
         assert _rows(moved, col) == expected
     assert not (moved[0, 0, :, :8] > 0).any() and not (moved[0, 0, :, 56:] > 0).any()  # the extent stays
+
+
+def test_a_shrink_click_just_outside_the_thresholded_run_still_moves_that_edge():
+    # A source pixel on the mask's outermost row can land a fraction of a logit pixel outside the run.
+    assert _rows(move_edge(_logits(_band()), x=30, y=19.2, grow=False), 30) == (21, 25)
+    assert _rows(move_edge(_logits(_band()), x=30, y=25.8, grow=False), 30) == (20, 24)
+    assert torch.equal(move_edge(_logits(_band()), x=30, y=27.5, grow=False), _logits(_band()))  # further: nothing
+
+
+def test_reach_refuses_moves_from_far_away():
+    logits = _logits(_band())
+    assert torch.equal(move_edge(logits, x=30, y=25 + HOLD_REACH_PX + 2, grow=True, reach=HOLD_REACH_PX), logits)
+    assert _rows(move_edge(logits, x=30, y=28, grow=True, reach=HOLD_REACH_PX), 30) == (20, 28)
+
+
+def test_a_point_click_the_mask_ignores_moves_the_nearest_edge_locally_and_tapers_off():
+    logits = _logits(_band())
+    held = hold_point_clicks(logits, np.array([[30.0, 28.0]]), np.array([1]), input_size=64)
+    assert _rows(held, 30) == (20, 28)  # the clicked pixel is now in the mask
+    assert _rows(held, 32) == (20, 28)  # next to it too
+    for col in (30 - int(HOLD_WINDOW_PX) + 1, 30 + int(HOLD_WINDOW_PX) - 1, 10, 54):  # the taper faded: unchanged
+        assert _rows(held, col) == (20, 25)
+    assert (held >= logits).all()  # a foreground click only adds
+    removed = hold_point_clicks(logits, np.array([[30.0, 24.0]]), np.array([0]), input_size=64)
+    assert _rows(removed, 30) == (20, 23) and (removed <= logits).all()
+    # Clicks the mask obeys, far from any edge, or in a column without mask change nothing.
+    for xy, label in (((30.0, 22.0), 1), ((30.0, 50.0), 1), ((3.0, 22.0), 1), ((30.0, 40.0), 0)):
+        assert torch.equal(hold_point_clicks(logits, np.array([xy]), np.array([label]), input_size=64), logits)
+
+
+def test_a_held_click_does_not_move_other_parts_in_its_columns():
+    mask = _band()
+    mask[40:44, 24:36] = True  # a second part under the click's columns
+    logits = _logits(mask)
+    held = hold_point_clicks(logits, np.array([[30.0, 28.0]]), np.array([1]), input_size=64)
+    assert torch.equal(held[..., 35:, :], logits[..., 35:, :])
 
 
 def test_clicks_that_name_no_edge_change_nothing():
@@ -112,3 +148,26 @@ def test_an_edge_click_on_the_shipped_model_moves_the_deep_edge_everywhere_witho
     deep_boxed = int(np.nonzero(boxed[:, x])[0].max())
     both = model.predict(sample.image, "semi", Prompts(box=box, edges=[[x, deep_boxed + 3]], edge_labels=[1]))[0].masks[0]
     assert (both >= boxed).all() and both.sum() > boxed.sum()
+
+
+def test_a_point_click_on_the_shipped_model_ends_up_the_way_the_reader_said_near_the_click_only():
+    from sam2rad.checkpoint import load_checkpoint
+    from sam2rad.data.specs import load_spec
+
+    model = load_checkpoint(None)
+    sample = load_spec("rfsim:1:7")[0][0]
+    auto = model.predict(sample.image, "auto")[0].masks[0]
+    calls = model.encoder_calls
+    cols = np.nonzero(auto.any(axis=0))[0]
+    x = int(cols[len(cols) // 2])
+    deep = int(np.nonzero(auto[:, x])[0].max())
+    click = Prompts(points=[[x, deep + 3]], labels=[1])
+    model.hold_window_px = None
+    plain = model.predict(sample.image, "semi", click)[0].masks[0]
+    model.hold_window_px = HOLD_WINDOW_PX
+    held = model.predict(sample.image, "semi", click)[0].masks[0]
+    assert model.encoder_calls == calls
+    assert not plain[deep + 3, x] and held[deep + 3, x]  # the decoder alone did not take the pixel; the hold does
+    reach = int(np.ceil((HOLD_WINDOW_PX + 1) / model.encode([sample.image])[0].geometry.scale)) + 2
+    far = np.abs(np.arange(auto.shape[1]) - x) > reach
+    assert np.array_equal(held[:, far], plain[:, far])  # a local move: nothing changes away from the click

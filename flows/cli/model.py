@@ -78,6 +78,7 @@ def evaluate(
     out_dir: Path = typer.Option(Path("runs/evaluate"), help="Where per-image and summary CSVs go."),
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="auto and semi_click: also decode the mirrored image and average (2x encoder)."),
+    hold: bool = typer.Option(True, "--hold/--no-hold", help="semi_click: a point click the decoder did not follow moves the nearest edge to it locally, so the clicked pixel ends up the way the reader said (--no-hold: the decoder's answer only, as before session 13)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """Per-image Dice, IoU, HD95 and ASSD (mm when spacing is known) for auto vs the box-prompted baseline."""
@@ -92,6 +93,8 @@ def evaluate(
     try:
         model = load_checkpoint(checkpoint, backbone_checkpoint=backbone_checkpoint)
         model.flip_test_time = flip
+        if not hold:
+            model.hold_window_px = None
         samples, source = load_data_spec(data)
         rows = evaluate_model(model, samples, [m.strip() for m in modes.split(",") if m.strip()], progress=True,
                               clicks=clicks, reader=reader)
@@ -103,5 +106,5 @@ def evaluate(
         line.update({k: v for k, v in stats.items() if k.startswith("noc")})
     write_csv(rows, out_dir / "per_image.csv")
     write_csv(summary, out_dir / "summary.csv")
-    clicks_line = f"\n{format_click_statistics(stats)} (reader: {reader})" if stats else ""
+    clicks_line = f"\n{format_click_statistics(stats)} (reader: {reader}{'' if hold else ', no hold'})" if stats else ""
     typer.echo(f"{source}\n{format_table(summary)}{clicks_line}\nCSV: {out_dir / 'per_image.csv'}, {out_dir / 'summary.csv'}")

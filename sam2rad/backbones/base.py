@@ -26,6 +26,13 @@ class ImageGeometry:
     def resized_hw(self) -> tuple[int, int]:
         return int(round(self.height * self.scale)), int(round(self.width * self.scale))
 
+    def to_input(self, coords_px: np.ndarray) -> np.ndarray:
+        """Source pixel indices (x, y) -> model-input pixel indices, pixel centres onto pixel centres,
+        with the per-axis factors of the rounded resize (what a mask's way back to the source inverts)."""
+        rh, rw = self.resized_hw
+        factors = np.array([rw / self.width, rh / self.height])
+        return (np.asarray(coords_px, dtype=np.float64) + 0.5) * factors - 0.5
+
 
 @dataclass
 class FeaturePyramid:

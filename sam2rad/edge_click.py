@@ -115,8 +115,8 @@ def apply_edge_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.nd
 # A point click the decoder did not follow (its pixel still on the wrong side) moves the nearest edge
 # to it locally: fully at the click's column, tapering linearly to nothing HOLD_WINDOW_PX logit
 # columns either side. Why tapered and short: on the model's own generator the errors left are short
-# slivers, and a hard 16-column window made 30 % of A images worse with the first click (8-column
-# taper: none); across generators it is what lets later clicks count (README, session 13).
+# slivers, and a hard 16-column window made 30 % of A images worse with the first click (this taper:
+# 1 of 20, by 0.001); across generators it is what lets later clicks count (README, session 13).
 HOLD_WINDOW_PX = 8
 HOLD_REACH_PX = 8.0  # logit pixels: a click further than this from every edge is not about an edge
 HOLD_PAST_PX = 0.25  # a held edge goes this far past the click (logit pixels)

@@ -78,7 +78,7 @@ def evaluate(
     out_dir: Path = typer.Option(Path("runs/evaluate"), help="Where per-image and summary CSVs go."),
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="auto and semi_click: also decode the mirrored image and average (2x encoder)."),
-    hold: bool = typer.Option(True, "--hold/--no-hold", help="semi_click: a point click the decoder did not follow moves the nearest edge to it locally, so the clicked pixel ends up the way the reader said (--no-hold: the decoder's answer only, as before session 13)."),
+    hold: bool = typer.Option(True, "--hold/--no-hold", help="semi_click: a point click the decoder did not follow moves the nearest edge to it locally, so the clicked pixel ends up the way the reader said (--no-hold: point clicks take the decoder's answer only)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """Per-image Dice, IoU, HD95 and ASSD (mm when spacing is known) for auto vs the box-prompted baseline."""

@@ -134,6 +134,31 @@ def _value_at(logits: torch.Tensor, x: float, y: float) -> float:
     return float(top * (1 - fy) + bottom * fy)
 
 
+def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float = 0.0,
+                    reach: float = 2 * HOLD_REACH_PX) -> torch.Tensor:
+    """A foreground click in a column without mask, beyond the end of a surface: the surface goes on
+    to it. The nearest column within `reach` whose mask run lies within HOLD_REACH_PX rows of the
+    click lends its logits to every column from there to the click, drifting in depth linearly from
+    the run's middle to the click. Nothing such near: unchanged."""
+    side = logits.shape[-1]
+    col = int(np.clip(round(x), 0, side - 1))
+    mask = (logits[0, 0] > threshold).cpu().numpy()
+    for dist in range(1, int(reach) + 1):
+        for c0 in (col - dist, col + dist):
+            if not 0 <= c0 < side:
+                continue
+            run = _run_at(mask[:, c0], y)
+            if run is None or min(abs(y - run[0]), abs(y - run[1])) > HOLD_REACH_PX and not run[0] <= y <= run[1]:
+                continue
+            middle, out = (run[0] + run[1]) / 2.0, logits.clone()
+            step = 1 if col > c0 else -1
+            for c in range(c0 + step, col + step, step):
+                drift = (y - middle) * (c - c0) / float(col - c0)
+                out[..., :, c] = torch.maximum(out[..., :, c], _shift_rows(logits[..., :, c0:c0 + 1], drift)[..., 0])
+            return out
+    return logits
+
+
 def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,
                       threshold: float = 0.0, window_px: float = HOLD_WINDOW_PX) -> torch.Tensor:
     """Point clicks whose pixel is still on the wrong side of `threshold` move the nearest edge to
@@ -148,6 +173,10 @@ def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.nd
         if (_value_at(logits, x, y) > threshold) == bool(label):
             continue
         # A little past the click: a sub-pixel shift of a sharp edge can stop just short of it.
+        if label and not (logits[0, 0, :, col] > threshold).any():  # beyond the end of a surface
+            logits = keep_changes_at_clicks(logits, extend_to_click(logits, x, y, threshold), xy[None], input_size,
+                                            threshold, reach_px=1.0, margin_px=1)
+            continue
         moved = move_edge(logits, x, y, bool(label), threshold, reach=HOLD_REACH_PX, past=HOLD_PAST_PX)
         weight = (1.0 - (cols - col).abs() / (window_px + 1.0)).clamp(min=0.0)
         moved = logits + weight * (moved - logits)

@@ -60,9 +60,21 @@ def test_a_point_click_the_mask_ignores_moves_the_nearest_edge_locally_and_taper
     assert (held >= logits).all()  # a foreground click only adds
     removed = hold_point_clicks(logits, np.array([[30.0, 24.0]]), np.array([0]), input_size=64)
     assert _rows(removed, 30) == (20, 23) and (removed <= logits).all()
-    # Clicks the mask obeys, far from any edge, or in a column without mask change nothing.
-    for xy, label in (((30.0, 22.0), 1), ((30.0, 50.0), 1), ((3.0, 22.0), 1), ((30.0, 40.0), 0)):
+    # Clicks the mask obeys, or far from any edge (beside the surface, or off its end in depth), change nothing.
+    for xy, label in (((30.0, 22.0), 1), ((30.0, 50.0), 1), ((3.0, 40.0), 1), ((30.0, 40.0), 0)):
         assert torch.equal(hold_point_clicks(logits, np.array([xy]), np.array([label]), input_size=64), logits)
+
+
+def test_a_foreground_click_beyond_the_end_of_a_surface_extends_it_to_the_click():
+    logits = _logits(_band(20, 25, x0=8, x1=40))  # the surface ends at column 39
+    held = hold_point_clicks(logits, np.array([[46.0, 26.0]]), np.array([1]), input_size=64)
+    mask = (held[0, 0] > 0).numpy()
+    assert mask[26, 46] and mask[:, 40:47].any(axis=0).all()  # it reaches the click, no gap on the way
+    assert not mask[:, 47:].any() and (held >= logits).all()  # not past the click; only adds
+    rows = [np.nonzero(mask[:, c])[0].mean() for c in (40, 43, 46)]
+    assert rows[0] < rows[1] < rows[2]  # drifting from the surface's depth to the click's
+    for x, y in ((60.0, 22.0), (44.0, 50.0)):  # too far along, or too far in depth: nothing
+        assert torch.equal(hold_point_clicks(logits, np.array([[x, y]]), np.array([1]), input_size=64), logits)
 
 
 def test_a_held_click_does_not_move_other_parts_in_its_columns():

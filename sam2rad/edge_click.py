@@ -15,8 +15,9 @@ does.
 A point click still goes to the decoder first. Where the decoder did not follow it (the clicked
 pixel still on the wrong side, as for most point clicks on B), the same move is made locally: the
 nearest edge moves to the click at its column, fading out over a few columns either side
-(`hold_point_clicks`). A reader's click then always counts where it was made, and repeated clicks
-walk an edge piece by piece instead of stalling.
+(`hold_point_clicks`); a foreground click just off the end of a surface extends the surface to it.
+A reader's click near the surface then always counts where it was made, and repeated clicks walk
+an edge piece by piece instead of stalling.
 
 Depth is the image's row axis (the beam direction of a linear probe; near the middle of a convex
 sector it is close to it). The move works on logits, so it is sub-pixel in model space:
@@ -162,9 +163,10 @@ def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float =
 def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,
                       threshold: float = 0.0, window_px: float = HOLD_WINDOW_PX) -> torch.Tensor:
     """Point clicks whose pixel is still on the wrong side of `threshold` move the nearest edge to
-    them (a tapered local edge move, only the change that reaches the click kept); clicks the mask
-    already obeys, and clicks far from any edge, change nothing. coords_px: (P, 2) model-input
-    pixels; labels (P,) 1 foreground, 0 background."""
+    them (a tapered local edge move, only the change that reaches the click kept); a foreground
+    click just off the end of a surface extends it (`extend_to_click`); clicks the mask already
+    obeys, and clicks far from any edge, change nothing. coords_px: (P, 2) model-input pixels;
+    labels (P,) 1 foreground, 0 background."""
     side = logits.shape[-1]
     coords_px = np.asarray(coords_px, dtype=np.float64).reshape(-1, 2)
     cols = torch.arange(side, device=logits.device, dtype=logits.dtype)

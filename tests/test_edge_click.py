@@ -132,17 +132,23 @@ def test_edge_click_prompts_are_checked():
     assert not Prompts(edges=[[1, 2]]).empty
 
 
-def test_an_edge_click_on_the_shipped_model_moves_the_deep_edge_everywhere_without_re_encoding():
+def _shipped_model_on_a_b_frame():
+    """The shipped model, a B frame, its auto mask shown (encoding cached), the surface's columns, the
+    middle one and the deep edge's row there."""
     from sam2rad.checkpoint import load_checkpoint
     from sam2rad.data.specs import load_spec
 
     model = load_checkpoint(None)
     sample = load_spec("rfsim:1:7")[0][0]
     auto = model.predict(sample.image, "auto")[0].masks[0]
-    calls = model.encoder_calls
     cols = np.nonzero(auto.any(axis=0))[0]
     x = int(cols[len(cols) // 2])
-    deep = int(np.nonzero(auto[:, x])[0].max())
+    return model, sample, auto, cols, x, int(np.nonzero(auto[:, x])[0].max())
+
+
+def test_an_edge_click_on_the_shipped_model_moves_the_deep_edge_everywhere_without_re_encoding():
+    model, sample, auto, cols, x, deep = _shipped_model_on_a_b_frame()
+    calls = model.encoder_calls
     grown = model.predict(sample.image, "semi", Prompts(edges=[[x, deep + 3]], edge_labels=[1]))[0].masks[0]
     assert model.encoder_calls == calls  # the cached encoding: no encoder pass
     assert (grown >= auto).all()  # growing only adds
@@ -163,16 +169,8 @@ def test_an_edge_click_on_the_shipped_model_moves_the_deep_edge_everywhere_witho
 
 
 def test_a_point_click_on_the_shipped_model_ends_up_the_way_the_reader_said_near_the_click_only():
-    from sam2rad.checkpoint import load_checkpoint
-    from sam2rad.data.specs import load_spec
-
-    model = load_checkpoint(None)
-    sample = load_spec("rfsim:1:7")[0][0]
-    auto = model.predict(sample.image, "auto")[0].masks[0]
+    model, sample, auto, cols, x, deep = _shipped_model_on_a_b_frame()
     calls = model.encoder_calls
-    cols = np.nonzero(auto.any(axis=0))[0]
-    x = int(cols[len(cols) // 2])
-    deep = int(np.nonzero(auto[:, x])[0].max())
     click = Prompts(points=[[x, deep + 3]], labels=[1])
     model.hold_window_px = None
     plain = model.predict(sample.image, "semi", click)[0].masks[0]

@@ -60,6 +60,27 @@ def wants_edge_tool(pred: np.ndarray, gt: np.ndarray, point: list[float], label:
     return cols[-1] - cols[0] + 1 >= fraction * (mask_cols[-1] - mask_cols[0] + 1)
 
 
+def surface_end_click(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int) -> list[float] | None:
+    """Where a reader ends a surface that runs on too far: when the click `error_click` chose is a
+    background click beyond the true surface's lateral extent, on mask joined to the true surface,
+    a click in the middle of the mask's run one column past the true end (the edge tool there cuts the
+    surface back to that column: sam2rad/edge_click.py cut_back_at_click). None otherwise."""
+    h, w = pred.shape
+    x, y = int(np.clip(round(point[0]), 0, w - 1)), int(np.clip(round(point[1]), 0, h - 1))
+    gt_cols = np.nonzero(gt.any(axis=0))[0]
+    if label != 0 or len(gt_cols) == 0 or gt_cols[0] <= x <= gt_cols[-1] or not pred[y, x]:
+        return None
+    pieces, _ = ndimage.label(pred, structure=np.ones((3, 3), bool))
+    piece = pieces == pieces[y, x]
+    end = gt_cols[-1] + 1 if x > gt_cols[-1] else gt_cols[0] - 1
+    if not piece[:, end].any() or not (piece & gt).any():  # not joined to the true surface
+        return None
+    rows = np.nonzero(piece[:, end])[0]
+    runs = np.split(rows, np.nonzero(np.diff(rows) > 1)[0] + 1)
+    run = min(runs, key=lambda r: abs((r[0] + r[-1]) / 2.0 - y))
+    return [float(end), float((run[0] + run[-1]) / 2.0)]
+
+
 def training_click(mask: np.ndarray, rng: np.random.Generator, negative_fraction: float = 0.3
                    ) -> tuple[np.ndarray, int] | None:
     """A reader-like click for a training row, from its ground truth: usually a foreground click on

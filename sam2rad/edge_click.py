@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .click_edit import keep_changes_at_clicks
 
@@ -109,7 +110,11 @@ def apply_edge_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.nd
     """Edge clicks in order, each on the result of the ones before. coords_px: (E, 2) in model-input
     pixels (the logits may be coarser); labels (E,): 1 grow, 0 shrink."""
     for (x, y), label in zip(_to_logit_px(coords_px, input_size, logits.shape[-1]), np.asarray(labels).reshape(-1)):
-        logits = move_edge(logits, x, y, bool(label), threshold)
+        col = int(np.clip(round(x), 0, logits.shape[-1] - 1))
+        if not label and _is_mid_run((logits[0, 0, :, col] > threshold).cpu().numpy(), y):  # the surface ends here
+            logits = cut_back_at_click(logits, x, y, threshold)
+        else:
+            logits = move_edge(logits, x, y, bool(label), threshold)
     return logits
 
 
@@ -160,6 +165,38 @@ def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float =
     return logits
 
 
+def _is_mid_run(column: np.ndarray, y: float) -> bool:
+    """The click lies in a mask run at least 3 pixels thick, within a pixel of its middle: a reader
+    clicking the middle of a run says none of it belongs there (a click on a strip along one edge
+    lands near that edge)."""
+    run = _run_at(column, y)
+    return run is not None and run[1] - run[0] >= 2 and run[0] < y < run[1] and abs(y - (run[0] + run[1]) / 2.0) <= 1.0
+
+
+def cut_back_at_click(logits: torch.Tensor, x: float, y: float, threshold: float = 0.0,
+                      false_pieces: bool = False) -> torch.Tensor:
+    """A background click in the middle of a mask run: the surface ends here. The part of its piece
+    (the mask's 8-connected piece under the click) from the click's column to the piece's nearer end
+    goes; with `false_pieces`, a piece other than the largest goes whole (a point click on a false
+    part). Other parts in those columns stay."""
+    side = logits.shape[-1]
+    col, row = int(np.clip(round(x), 0, side - 1)), int(np.clip(round(y), 0, logits.shape[-2] - 1))
+    mask = (logits[0, 0] > threshold).cpu().numpy()
+    pieces, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if pieces[row, col] == 0:
+        return logits
+    piece = pieces == pieces[row, col]
+    if false_pieces and piece.sum() < ndimage.sum(mask, pieces, range(1, n + 1)).max():
+        cut = piece
+    else:
+        cols = np.nonzero(piece.any(axis=0))[0]
+        span = slice(cols[0], col + 1) if col - cols[0] <= cols[-1] - col else slice(col, cols[-1] + 1)
+        cut = np.zeros_like(piece)
+        cut[:, span] = piece[:, span]
+    below = torch.full_like(logits, threshold - 1.0)
+    return torch.where(torch.as_tensor(cut, device=logits.device)[None, None], torch.minimum(logits, below), logits)
+
+
 def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,
                       threshold: float = 0.0, window_px: float = HOLD_WINDOW_PX) -> torch.Tensor:
     """Point clicks whose pixel is still on the wrong side of `threshold` move the nearest edge to
@@ -178,6 +215,9 @@ def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.nd
         if label and not (logits[0, 0, :, col] > threshold).any():  # beyond the end of a surface
             logits = keep_changes_at_clicks(logits, extend_to_click(logits, x, y, threshold), xy[None], input_size,
                                             threshold, reach_px=1.0, margin_px=1)
+            continue
+        if not label and _is_mid_run((logits[0, 0, :, col] > threshold).cpu().numpy(), y):  # no bone here at all
+            logits = cut_back_at_click(logits, x, y, threshold, false_pieces=True)
             continue
         moved = move_edge(logits, x, y, bool(label), threshold, reach=HOLD_REACH_PX, past=HOLD_PAST_PX)
         weight = (1.0 - (cols - col).abs() / (window_px + 1.0)).clamp(min=0.0)

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .data.datasets import Sample
-from .clicks import error_click, wants_edge_tool
+from .clicks import error_click, surface_end_click, wants_edge_tool
 from .losses import box_of
 from .metrics import evaluate_pair
 from .model import Prompts, Sam2Rad
@@ -54,7 +54,9 @@ def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
     masks, current = [], start
     for _ in range(n_clicks):
         point, label = simulated_click(current, gt)
-        edge = reader == "tools" and wants_edge_tool(current, gt, point, label)
+        end = surface_end_click(current, gt, point, label) if reader == "tools" else None
+        point = end if end is not None else point
+        edge = reader == "tools" and (end is not None or wants_edge_tool(current, gt, point, label))
         clicks[edge][0].append(point)
         clicks[edge][1].append(label)
         (pts, labels), (edges, edge_labels) = clicks[False], clicks[True]
@@ -193,6 +195,7 @@ def format_click_statistics(stats: dict) -> str:
         return "no click rows"
     return (f"clicks: NoC@85 {stats['noc85']:.2f}, NoC@90 {stats['noc90']:.2f} over {stats['n_images']} images "
             f"(capped at {stats['noc_cap']} clicks: an image never reaching the Dice counts {stats['noc_cap']}); "
-            f"first click on the {stats['n_weak']} images with auto Dice < 0.85 adds {stats['first_click_gain_weak']:+.3f}; "
-            f"a first click makes {100 * stats['first_click_worse_fraction']:.1f} % of images worse, "
+            + (f"first click on the {stats['n_weak']} images with auto Dice < 0.85 adds {stats['first_click_gain_weak']:+.3f}; "
+               if stats['n_weak'] else "no image has auto Dice < 0.85; ")
+            + f"a first click makes {100 * stats['first_click_worse_fraction']:.1f} % of images worse, "
             f"any click {100 * stats['any_click_worse_fraction']:.1f} % of steps")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2rad.clicks import error_click, wants_edge_tool
+from sam2rad.clicks import error_click, surface_end_click, wants_edge_tool
 from sam2rad.edge_click import HOLD_REACH_PX, HOLD_WINDOW_PX, MAX_MOVE_PX, apply_edge_clicks, hold_point_clicks, move_edge
 from sam2rad.model import Prompts
 
@@ -120,6 +120,40 @@ def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
     too_long[:, 50:] = False  # the mask runs on 36 columns past the surface's end: that whole run is
     point, label = error_click(pred, too_long)  # false, so there is no edge to move there
     assert label == 0 and not wants_edge_tool(pred, too_long, point, label)
+
+
+def test_a_background_click_in_the_middle_of_a_run_cuts_the_surface_back_to_its_nearer_end():
+    logits = _logits(_band(20, 25, x0=8, x1=56))
+    for cut in (hold_point_clicks(logits, np.array([[46.0, 22.5]]), np.array([0]), input_size=64),  # the decoder left it
+                apply_edge_clicks(logits, np.array([[46.0, 22.5]]), np.array([0]), input_size=64)):  # the edge tool
+        mask = (cut[0, 0] > 0).numpy()
+        assert not mask[:, 46:].any()  # from the click to the nearer (right) end: gone
+        assert np.array_equal(mask[:, :46], (logits[0, 0] > 0).numpy()[:, :46]) and (cut <= logits).all()
+    # Near an edge it is a thickness click, as before: the nearer edge moves past it, nothing is cut.
+    assert _rows(apply_edge_clicks(logits, np.array([[46.0, 24.0]]), np.array([0]), input_size=64), 10) == (20, 23)
+
+
+def test_a_background_click_in_the_middle_of_a_false_piece_removes_the_whole_piece():
+    mask = _band(20, 25, x0=8, x1=56)
+    mask[40:45, 20:32] = True  # a false piece under the surface
+    logits = _logits(mask)
+    cut = hold_point_clicks(logits, np.array([[22.0, 42.0]]), np.array([0]), input_size=64)
+    assert np.array_equal((cut[0, 0] > 0).numpy(), _band(20, 25, x0=8, x1=56))
+
+
+def test_the_reader_ends_a_surface_that_runs_on_where_the_true_one_ends():
+    pred, gt = _band(20, 25, size=96, x0=10, x1=86), _band(20, 25, size=96, x0=10, x1=61)
+    point, label = error_click(pred, gt)
+    assert label == 0 and point[0] > 61
+    end = surface_end_click(pred, gt, point, label)
+    assert end == [61.0, 22.5]  # one column past the true end, the middle of the run
+    cut = apply_edge_clicks(_logits(pred), np.array([end]), np.array([0]), input_size=96)
+    assert np.array_equal((cut[0, 0] > 0).numpy(), gt)
+    apart = pred.copy()
+    apart[:, 62] = False  # the false run is a piece of its own, not the surface running on
+    assert surface_end_click(apart, gt, error_click(apart, gt)[0], 0) is None
+    thick = _band(18, 25, size=96, x0=10, x1=86)  # a strip along the top: not about the surface's end
+    assert surface_end_click(thick, _band(20, 25, size=96, x0=10, x1=86), *error_click(thick, pred)) is None
 
 
 def test_edge_click_prompts_are_checked():

@@ -30,10 +30,12 @@ def error_click(pred: np.ndarray, gt: np.ndarray) -> tuple[list[float], int]:
         if best is None or sizes[k] > best[0]:
             best = (sizes[k], labels == k + 1, label)
     _, region, label = best
-    # Innermost pixel of the region: its distance to the region's border is largest.
+    # Innermost pixel of the region: its distance to the region's border is largest. A thin strip has
+    # many such pixels; a reader clicks its middle, not its first pixel in raster order.
     dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return [float(x), float(y)], label
+    ys, xs = np.nonzero(dist >= dist.max() - 1e-6)
+    i = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    return [float(xs[i]), float(ys[i])], label
 
 
 # The simulated reader takes the edge tool (sam2rad/edge_click.py) for an error strip at least this
@@ -60,25 +62,49 @@ def wants_edge_tool(pred: np.ndarray, gt: np.ndarray, point: list[float], label:
     return cols[-1] - cols[0] + 1 >= fraction * (mask_cols[-1] - mask_cols[0] + 1)
 
 
-def surface_end_click(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int) -> list[float] | None:
-    """Where a reader ends a surface that runs on too far: when the click `error_click` chose is a
-    background click beyond the true surface's lateral extent, on mask joined to the true surface,
-    a click in the middle of the mask's run one column past the true end (the edge tool there cuts the
-    surface back to that column: sam2rad/edge_click.py cut_back_at_click). None otherwise."""
-    h, w = pred.shape
-    x, y = int(np.clip(round(point[0]), 0, w - 1)), int(np.clip(round(point[1]), 0, h - 1))
-    gt_cols = np.nonzero(gt.any(axis=0))[0]
-    if label != 0 or len(gt_cols) == 0 or gt_cols[0] <= x <= gt_cols[-1] or not pred[y, x]:
-        return None
-    pieces, _ = ndimage.label(pred, structure=np.ones((3, 3), bool))
-    piece = pieces == pieces[y, x]
-    end = gt_cols[-1] + 1 if x > gt_cols[-1] else gt_cols[0] - 1
-    if not piece[:, end].any() or not (piece & gt).any():  # not joined to the true surface
-        return None
-    rows = np.nonzero(piece[:, end])[0]
+def _middle_row(mask: np.ndarray, col: int, y: float) -> float:
+    """The middle of the column's mask run nearest to row y."""
+    rows = np.nonzero(mask[:, col])[0]
     runs = np.split(rows, np.nonzero(np.diff(rows) > 1)[0] + 1)
     run = min(runs, key=lambda r: abs((r[0] + r[-1]) / 2.0 - y))
-    return [float(end), float((run[0] + run[-1]) / 2.0)]
+    return float((run[0] + run[-1]) / 2.0)
+
+
+def surface_end_click(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int) -> list[float] | None:
+    """Where a reader puts an end click (the surface ends here: sam2rad/edge_click.py apply_end_clicks)
+    when the error `error_click` chose is about where the surface ends, else None:
+    - a false run beyond the true surface's lateral end, joined to it: one column past the true end,
+      in the middle of the mask's run there (the surface is cut back to it); a false piece wholly
+      beyond the true end: its column nearest the true surface (the whole piece goes);
+    - a missed run beyond the end of the mask, joined to the true surface, with no mask past it: the
+      true end's column, in the middle of the true run there (the surface is extended to it)."""
+    h, w = pred.shape
+    x, y = int(np.clip(round(point[0]), 0, w - 1)), int(np.clip(round(point[1]), 0, h - 1))
+    error, mask, other = (pred & ~gt, pred, gt) if label == 0 else (gt & ~pred, gt, pred)
+    other_cols = np.nonzero(other.any(axis=0))[0]
+    if len(other_cols) == 0 or other_cols[0] <= x <= other_cols[-1] or not error[y, x]:
+        return None  # not beyond the lateral extent of the truth (label 0) or of the mask (label 1)
+    pieces, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    piece = pieces == pieces[y, x]
+    right = x > other_cols[-1]
+    joined = (piece & other).any()
+    if label == 0:
+        cols = np.nonzero(piece.any(axis=0))[0]
+        if joined:
+            col = int(other_cols[-1] + 1 if right else other_cols[0] - 1)
+        elif cols[0] > other_cols[-1] or cols[-1] < other_cols[0]:  # a false piece wholly past the end
+            col = int(cols[0] if right else cols[-1])
+        else:
+            return None
+        return [float(col), _middle_row(pred, col, y)] if piece[:, col].any() else None
+    if not joined:  # a missed piece of its own
+        return None
+    cols = np.nonzero(piece.any(axis=0))[0]
+    col = int(cols[-1] if right else cols[0])  # the true end
+    beyond = pred[:, col + 1:] if right else pred[:, :col]
+    if beyond.any():  # mask further on: a gap in the surface, not its end
+        return None
+    return [float(col), _middle_row(gt, col, y)]
 
 
 def training_click(mask: np.ndarray, rng: np.random.Generator, negative_fraction: float = 0.3

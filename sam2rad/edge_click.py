@@ -110,11 +110,7 @@ def apply_edge_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.nd
     """Edge clicks in order, each on the result of the ones before. coords_px: (E, 2) in model-input
     pixels (the logits may be coarser); labels (E,): 1 grow, 0 shrink."""
     for (x, y), label in zip(_to_logit_px(coords_px, input_size, logits.shape[-1]), np.asarray(labels).reshape(-1)):
-        col = int(np.clip(round(x), 0, logits.shape[-1] - 1))
-        if not label and _is_mid_run((logits[0, 0, :, col] > threshold).cpu().numpy(), y):  # the surface ends here
-            logits = cut_back_at_click(logits, x, y, threshold)
-        else:
-            logits = move_edge(logits, x, y, bool(label), threshold)
+        logits = move_edge(logits, x, y, bool(label), threshold)
     return logits
 
 
@@ -126,6 +122,10 @@ def apply_edge_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.nd
 HOLD_WINDOW_PX = 8
 HOLD_REACH_PX = 8.0  # logit pixels: a click further than this from every edge is not about an edge
 HOLD_PAST_PX = 0.25  # a held edge goes this far past the click (logit pixels)
+# A held background click in the middle of a run cuts the surface back only this near its end (logit
+# columns): further in, a mid-run click on a thin surface is more likely a thickness click.
+HOLD_CUT_REACH_PX = 32.0
+END_REACH_PX = 64.0  # logit columns: an end click beyond a surface's end extends the surface this far
 
 
 def _value_at(logits: torch.Tensor, x: float, y: float) -> float:
@@ -141,9 +141,9 @@ def _value_at(logits: torch.Tensor, x: float, y: float) -> float:
 
 
 def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float = 0.0,
-                    reach: float = 2 * HOLD_REACH_PX) -> torch.Tensor:
+                    reach: float = 2 * HOLD_REACH_PX, depth_reach: float = HOLD_REACH_PX) -> torch.Tensor:
     """A foreground click in a column without mask, beyond the end of a surface: the surface goes on
-    to it. The nearest column within `reach` whose mask run lies within HOLD_REACH_PX rows of the
+    to it. The nearest column within `reach` whose mask run lies within `depth_reach` rows of the
     click lends its logits to every column from there to the click, drifting in depth linearly from
     the run's middle to the click. Nothing such near: unchanged."""
     side = logits.shape[-1]
@@ -154,7 +154,7 @@ def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float =
             if not 0 <= c0 < side:
                 continue
             run = _run_at(mask[:, c0], y)
-            if run is None or min(abs(y - run[0]), abs(y - run[1])) > HOLD_REACH_PX and not run[0] <= y <= run[1]:
+            if run is None or min(abs(y - run[0]), abs(y - run[1])) > depth_reach and not run[0] <= y <= run[1]:
                 continue
             middle, out = (run[0] + run[1]) / 2.0, logits.clone()
             step = 1 if col > c0 else -1
@@ -166,32 +166,39 @@ def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float =
 
 
 def _is_mid_run(column: np.ndarray, y: float) -> bool:
-    """The click lies in a mask run at least 3 pixels thick, within a pixel of its middle: a reader
-    clicking the middle of a run says none of it belongs there (a click on a strip along one edge
-    lands near that edge)."""
+    """The click lies in a mask run, a pixel or more inside both its edges and within a pixel of its
+    middle: a reader clicking the middle of a run says none of it belongs there (a click on a strip
+    along one edge lands on that edge's pixels)."""
     run = _run_at(column, y)
-    return run is not None and run[1] - run[0] >= 2 and run[0] < y < run[1] and abs(y - (run[0] + run[1]) / 2.0) <= 1.0
+    return run is not None and run[0] + 1 <= y <= run[1] - 1 and abs(y - (run[0] + run[1]) / 2.0) <= 1.0
 
 
 def cut_back_at_click(logits: torch.Tensor, x: float, y: float, threshold: float = 0.0,
-                      false_pieces: bool = False) -> torch.Tensor:
-    """A background click in the middle of a mask run: the surface ends here. The part of its piece
-    (the mask's 8-connected piece under the click) from the click's column to the piece's nearer end
-    goes; with `false_pieces`, a piece other than the largest goes whole (a point click on a false
-    part). Other parts in those columns stay."""
+                      false_pieces: bool = False, reach: float | None = None) -> torch.Tensor:
+    """The surface ends at the click: the part of the mask's 8-connected piece under the click (or
+    the nearest in its column) from the click's column outwards goes, away from the middle of the
+    mask's largest piece (the surface: a click on a piece beyond its end at that piece's near end
+    takes the whole piece); unless that part is more than `reach` columns long (None: any length).
+    With `false_pieces`, a piece under a quarter of the largest's size goes whole (a point click on a
+    false part; a second bone is not that small). Other parts in those columns stay."""
     side = logits.shape[-1]
-    col, row = int(np.clip(round(x), 0, side - 1)), int(np.clip(round(y), 0, logits.shape[-2] - 1))
     mask = (logits[0, 0] > threshold).cpu().numpy()
-    pieces, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if pieces[row, col] == 0:
+    col = int(np.clip(round(x), 0, side - 1))
+    run = _run_at(mask[:, col], y)
+    if run is None:
         return logits
-    piece = pieces == pieces[row, col]
-    if false_pieces and piece.sum() < ndimage.sum(mask, pieces, range(1, n + 1)).max():
+    pieces, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    piece = pieces == pieces[int(np.clip(round(y), run[0], run[1])), col]
+    largest = pieces == 1 + int(np.argmax(ndimage.sum(mask, pieces, range(1, n + 1))))
+    if false_pieces and piece.sum() * 4 <= largest.sum():  # a small piece beside the surface
         cut = piece
     else:
         cols = np.nonzero(piece.any(axis=0))[0]
-        span = slice(cols[0], col + 1) if col - cols[0] <= cols[-1] - col else slice(col, cols[-1] + 1)
+        outwards = col >= np.nonzero(largest)[1].mean()
+        if reach is not None and (cols[-1] - col if outwards else col - cols[0]) > reach:  # mid-surface: not an end
+            return logits
         cut = np.zeros_like(piece)
+        span = slice(col, cols[-1] + 1) if outwards else slice(cols[0], col + 1)
         cut[:, span] = piece[:, span]
     below = torch.full_like(logits, threshold - 1.0)
     return torch.where(torch.as_tensor(cut, device=logits.device)[None, None], torch.minimum(logits, below), logits)
@@ -217,7 +224,7 @@ def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.nd
                                             threshold, reach_px=1.0, margin_px=1)
             continue
         if not label and _is_mid_run((logits[0, 0, :, col] > threshold).cpu().numpy(), y):  # no bone here at all
-            logits = cut_back_at_click(logits, x, y, threshold, false_pieces=True)
+            logits = cut_back_at_click(logits, x, y, threshold, false_pieces=True, reach=HOLD_CUT_REACH_PX)
             continue
         moved = move_edge(logits, x, y, bool(label), threshold, reach=HOLD_REACH_PX, past=HOLD_PAST_PX)
         weight = (1.0 - (cols - col).abs() / (window_px + 1.0)).clamp(min=0.0)
@@ -225,3 +232,21 @@ def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.nd
         # Only the change that reaches the click: the shift also moves other parts in its columns.
         logits = keep_changes_at_clicks(logits, moved, xy[None], input_size, threshold, reach_px=1.0, margin_px=1)
     return logits
+
+
+def apply_end_clicks(logits: torch.Tensor, coords_px: np.ndarray, input_size: int, threshold: float = 0.0) -> torch.Tensor:
+    """End clicks in order: the surface ends at each. In a column holding mask, the surface is cut back
+    to the click (`cut_back_at_click`); in one without, the nearest surface end within END_REACH_PX
+    columns (and rows) is extended to the click (`extend_to_click`). coords_px: (N, 2) model-input
+    pixels."""
+    side = logits.shape[-1]
+    for x, y in _to_logit_px(coords_px, input_size, side):
+        col = int(np.clip(round(x), 0, side - 1))
+        # The mask's last source column can come from the logit column beside the click's.
+        held = [c for c in (col, col - 1, col + 1) if 0 <= c < side and (logits[0, 0, :, c] > threshold).any()]
+        if held:
+            logits = cut_back_at_click(logits, float(held[0]), y, threshold)
+        else:
+            logits = extend_to_click(logits, x, y, threshold, reach=END_REACH_PX, depth_reach=END_REACH_PX)
+    return logits
+

@@ -6,9 +6,11 @@ prediction (foreground where it missed, background where it over-segmented), all
 together in semi mode, so each click re-runs only the decoder path on the cached encoding. NoC@T is
 the number of clicks until Dice reaches T (0 when `auto` already does), capped at the clicks given.
 
-Readers: "tools" (the default) makes a click an edge click when its error region is a strip along a
-whole edge (sam2rad/clicks.py wants_edge_tool, sam2rad/edge_click.py), a point click otherwise;
-"points" makes every click a point click (the only reader before edge clicks existed)."""
+Readers: "tools" (the default) makes a click an end click when its error is about where the surface
+ends (it runs on past the true end, or stops short of it: sam2rad/clicks.py surface_end_click), an
+edge click when its error region is a strip along a whole edge (wants_edge_tool, sam2rad/edge_click.py),
+a point click otherwise; "points" makes every click a point click (the only reader before edge clicks
+existed)."""
 from __future__ import annotations
 
 import csv
@@ -50,18 +52,20 @@ simulated_click = error_click
 def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.ndarray, n_clicks: int,
                    class_index: int = 0, reader: str = "tools") -> list[np.ndarray]:
     """Masks after 1..n_clicks successive simulated clicks, starting from the `start` prediction."""
-    clicks: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}  # edge tool? -> (xy, labels)
+    tools: dict[str, tuple[list, list]] = {"point": ([], []), "edge": ([], []), "end": ([], [])}  # -> (xy, labels)
     masks, current = [], start
     for _ in range(n_clicks):
         point, label = simulated_click(current, gt)
         end = surface_end_click(current, gt, point, label) if reader == "tools" else None
-        point = end if end is not None else point
-        edge = reader == "tools" and (end is not None or wants_edge_tool(current, gt, point, label))
-        clicks[edge][0].append(point)
-        clicks[edge][1].append(label)
-        (pts, labels), (edges, edge_labels) = clicks[False], clicks[True]
+        if end is not None:
+            tool, point = "end", end
+        else:
+            tool = "edge" if reader == "tools" and wants_edge_tool(current, gt, point, label) else "point"
+        tools[tool][0].append(point)
+        tools[tool][1].append(label)
+        (pts, labels), (edges, edge_labels), (ends, _) = tools["point"], tools["edge"], tools["end"]
         prompts = Prompts(points=pts or None, labels=labels or None, edges=edges or None,
-                          edge_labels=edge_labels or None, class_index=class_index)
+                          edge_labels=edge_labels or None, ends=ends or None, class_index=class_index)
         current = model.predict(image, "semi", prompts)[0].masks[class_index]
         masks.append(current)
     return masks

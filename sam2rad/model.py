@@ -28,7 +28,7 @@ from .refine import MaskRefiner, RefinerConfig, click_maps
 from .flip_tta import mean_with_mirrored, mirror_input
 from .prompts import Prompts, validate_image  # noqa: F401 - Prompts is part of this module's API
 from .click_edit import DEFAULT_CLICK_REACH_PX, auto_base, keep_changes_at_clicks
-from .edge_click import HOLD_WINDOW_PX, apply_edge_clicks, hold_point_clicks
+from .edge_click import HOLD_WINDOW_PX, apply_edge_clicks, apply_end_clicks, hold_point_clicks
 
 Mode = Literal["auto", "semi", "manual"]
 MODES: tuple[str, ...] = ("auto", "semi", "manual")
@@ -305,7 +305,7 @@ class Sam2Rad(nn.Module):
                 if not 0 <= p.class_index < self.num_classes:
                     raise ValueError(f"prompt class_index {p.class_index} out of range 0..{self.num_classes - 1}")
                 by_class[p.class_index] = p
-            if mode == "manual" and (not by_class or any(p.empty or p.edges is not None for p in by_class.values())):
+            if mode == "manual" and (not by_class or any(p.empty or p.surface_clicks for p in by_class.values())):
                 raise ValueError("manual mode needs a box, points or a mask for each class to segment "
                                  "(edge clicks move auto's mask: semi mode only)")
             if mode == "auto" and by_class:
@@ -384,7 +384,7 @@ class Sam2Rad(nn.Module):
     def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, pts, p: Prompts) -> torch.Tensor:
         """Clicks: auto's mask with its edges moved to the edge clicks (sam2rad/edge_click.py), plus the
         point clicks' changes that touch them, then point clicks the decoder left wrong held by a local
-        edge move. With a reader's box or mask the decoded mask is taken whole (a global correction)."""
+        edge move, then end clicks. With a reader's box or mask the decoded mask is taken whole."""
         whole = (p.box is not None or p.mask is not None or self.click_reach_px is None or enc.auto_logits is None)
         base = logits if whole else auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
         size, thr, geom = self.backbone.input_size, self.mask_threshold, enc.geometry
@@ -393,7 +393,7 @@ class Sam2Rad(nn.Module):
             out = keep_changes_at_clicks(base, logits, pts[0][0].cpu().numpy(), size, thr, self.click_reach_px, onto=out)
         if pts is not None and self.hold_window_px is not None:
             out = hold_point_clicks(out, geom.to_input(p.points), p.labels, size, thr, self.hold_window_px)
-        return out
+        return out if p.ends is None else apply_end_clicks(out, geom.to_input(p.ends), size, thr)  # the last word on extent
 
     def _decode_prompted(self, enc: EncodedImage, mode: str, by_class: dict[int, Prompts]) -> DecodedRows:
         """semi and manual: one image, rows decoded one by one (their numbers of point tokens differ)."""
@@ -426,7 +426,7 @@ class Sam2Rad(nn.Module):
                         d_k = be.prompt_encoder._embed_masks(mask)
                 out = be.decode(enc.features, s_k, d_k)
                 logits = self.refine(enc.features, out.low_res_logits, pts)
-                if p is not None and (pts is not None or p.edges is not None):
+                if p is not None and (pts is not None or p.surface_clicks):
                     logits = self._edit_at_clicks(enc, k, logits, pts, p)
                 rows.append((k, out, logits, box_px[k:k + 1]))
         outs = [out for _, out, _, _ in rows]

@@ -21,12 +21,17 @@ class Prompts:
     # mask, to the click. 1 = the structure reaches here, 0 = it stops before here. semi mode only.
     edges: np.ndarray | None = None  # (E, 2)
     edge_labels: np.ndarray | None = None  # (E,)
+    # End clicks: the surface ends here. On the mask, the part from the click's column to the surface's
+    # nearer end goes; beyond an end, the surface reaches the click. Applied after edge clicks.
+    ends: np.ndarray | None = None  # (N, 2)
 
     def __post_init__(self) -> None:
         if self.points is not None:
             self.points, self.labels = _clicks(self.points, self.labels, "point")
         if self.edges is not None:
             self.edges, self.edge_labels = _clicks(self.edges, self.edge_labels, "edge")
+        if self.ends is not None:
+            self.ends, _ = _clicks(self.ends, None, "end click")
         if self.box is not None:
             self.box = np.asarray(self.box, dtype=np.float32).reshape(-1)
             if self.box.shape != (4,) or not np.isfinite(self.box).all():
@@ -35,8 +40,13 @@ class Prompts:
                 raise ValueError(f"box corners are reversed: {self.box.tolist()} (want x0 <= x1, y0 <= y1)")
 
     @property
+    def surface_clicks(self) -> bool:
+        """Edge or end clicks: edits of auto's mask (semi mode only)."""
+        return self.edges is not None or self.ends is not None
+
+    @property
     def empty(self) -> bool:
-        return self.points is None and self.box is None and self.mask is None and self.edges is None
+        return self.points is None and self.box is None and self.mask is None and not self.surface_clicks
 
 
 def _clicks(coords, labels, kind: str) -> tuple[np.ndarray, np.ndarray]:

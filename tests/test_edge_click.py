@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sam2rad.clicks import error_click, surface_end_click, wants_edge_tool
-from sam2rad.edge_click import HOLD_REACH_PX, HOLD_WINDOW_PX, MAX_MOVE_PX, apply_edge_clicks, hold_point_clicks, move_edge
+from sam2rad.edge_click import (HOLD_REACH_PX, HOLD_WINDOW_PX, MAX_MOVE_PX, apply_edge_clicks, apply_end_clicks,
+                                hold_point_clicks, move_edge)
 from sam2rad.model import Prompts
 
 
@@ -122,15 +123,21 @@ def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
     assert label == 0 and not wants_edge_tool(pred, too_long, point, label)
 
 
-def test_a_background_click_in_the_middle_of_a_run_cuts_the_surface_back_to_its_nearer_end():
+def test_a_background_click_in_the_middle_of_a_run_cuts_the_surface_back_outwards():
     logits = _logits(_band(20, 25, x0=8, x1=56))
     for cut in (hold_point_clicks(logits, np.array([[46.0, 22.5]]), np.array([0]), input_size=64),  # the decoder left it
-                apply_edge_clicks(logits, np.array([[46.0, 22.5]]), np.array([0]), input_size=64)):  # the edge tool
+                apply_end_clicks(logits, np.array([[46.0, 22.5]]), input_size=64)):  # the end tool
         mask = (cut[0, 0] > 0).numpy()
-        assert not mask[:, 46:].any()  # from the click to the nearer (right) end: gone
+        assert not mask[:, 46:].any()  # from the click outwards (away from the surface's middle): gone
         assert np.array_equal(mask[:, :46], (logits[0, 0] > 0).numpy()[:, :46]) and (cut <= logits).all()
-    # Near an edge it is a thickness click, as before: the nearer edge moves past it, nothing is cut.
-    assert _rows(apply_edge_clicks(logits, np.array([[46.0, 24.0]]), np.array([0]), input_size=64), 10) == (20, 23)
+    # A held click near an edge, or mid-surface far from both ends, is a thickness click: nothing is cut.
+    thinned = (hold_point_clicks(logits, np.array([[46.0, 24.0]]), np.array([0]), input_size=64)[0, 0] > 0).numpy()
+    assert thinned[:, 46:56].any(axis=0).all() and not thinned[24, 46]
+    wide = _logits(_band(20, 25, size=128, x0=4, x1=124))
+    kept = (hold_point_clicks(wide, np.array([[70.0, 22.5]]), np.array([0]), input_size=128)[0, 0] > 0).numpy()
+    assert kept[:, 70:124].any(axis=0).all()
+    # The edge tool never cuts: a background edge click moves the nearer edge past it.
+    assert _rows(apply_edge_clicks(logits, np.array([[46.0, 22.0]]), np.array([0]), input_size=64), 50) == (23, 25)
 
 
 def test_a_background_click_in_the_middle_of_a_false_piece_removes_the_whole_piece():
@@ -141,22 +148,38 @@ def test_a_background_click_in_the_middle_of_a_false_piece_removes_the_whole_pie
     assert np.array_equal((cut[0, 0] > 0).numpy(), _band(20, 25, x0=8, x1=56))
 
 
-def test_the_reader_ends_a_surface_that_runs_on_where_the_true_one_ends():
+def test_an_end_click_cuts_a_surface_back_or_extends_it_to_the_click():
+    logits = _logits(_band(20, 25, x0=8, x1=40))  # the surface ends at column 39
+    longer = (apply_end_clicks(logits, np.array([[52.0, 30.0]]), input_size=64)[0, 0] > 0).numpy()
+    assert longer[:, 40:53].any(axis=0).all() and not longer[:, 53:].any()  # reaches the click, no gap, not past it
+    assert longer[30, 52] or longer[29:32, 52].any()  # at the click's depth: beyond the hold's 8-row reach
+    apart = _band(20, 25, x0=8, x1=40) | _band(20, 25, x0=46, x1=60)  # a false piece past the end
+    cut = (apply_end_clicks(_logits(apart), np.array([[46.0, 22.5]]), input_size=64)[0, 0] > 0).numpy()
+    assert np.array_equal(cut, _band(20, 25, x0=8, x1=40))  # at its near end: the whole piece goes
+
+
+def test_the_reader_ends_a_surface_where_the_true_one_ends():
     pred, gt = _band(20, 25, size=96, x0=10, x1=86), _band(20, 25, size=96, x0=10, x1=61)
     point, label = error_click(pred, gt)
     assert label == 0 and point[0] > 61
     end = surface_end_click(pred, gt, point, label)
     assert end == [61.0, 22.5]  # one column past the true end, the middle of the run
-    cut = apply_edge_clicks(_logits(pred), np.array([end]), np.array([0]), input_size=96)
-    assert np.array_equal((cut[0, 0] > 0).numpy(), gt)
+    assert np.array_equal((apply_end_clicks(_logits(pred), np.array([end]), input_size=96)[0, 0] > 0).numpy(), gt)
+    short = _band(20, 25, size=96, x0=10, x1=40)  # the mask stops 21 columns short: the true end, its middle
+    assert surface_end_click(short, gt, *error_click(short, gt)) == [60.0, 22.5]
     apart = pred.copy()
-    apart[:, 62] = False  # the false run is a piece of its own, not the surface running on
-    assert surface_end_click(apart, gt, error_click(apart, gt)[0], 0) is None
+    apart[:, 62] = False  # the false run is a piece of its own, wholly past the end: its near end
+    assert surface_end_click(apart, gt, *error_click(apart, gt)) == [63.0, 22.5]
+    gap = short | _band(20, 25, size=96, x0=70, x1=86)
+    assert surface_end_click(gap, _band(20, 25, size=96, x0=10, x1=86), *error_click(gap, _band(20, 25, size=96, x0=10, x1=86))) is None
     thick = _band(18, 25, size=96, x0=10, x1=86)  # a strip along the top: not about the surface's end
-    assert surface_end_click(thick, _band(20, 25, size=96, x0=10, x1=86), *error_click(thick, pred)) is None
+    assert surface_end_click(thick, pred, *error_click(thick, pred)) is None
 
 
 def test_edge_click_prompts_are_checked():
+    with pytest.raises(ValueError, match="end click coordinates must be finite"):
+        Prompts(ends=[[np.inf, 2]])
+    assert not Prompts(ends=[[1, 2]]).empty and Prompts(ends=[[1, 2]]).surface_clicks
     with pytest.raises(ValueError, match="edge labels"):
         Prompts(edges=[[1, 2]], edge_labels=[3])
     with pytest.raises(ValueError, match="2 edges but 1 labels"):

@@ -3,6 +3,7 @@ SEMIAUTOMATIC/MANUAL SEG through sink and ledger, second accept refused, reject,
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 import pydicom
 import pytest
 
@@ -105,6 +106,25 @@ def test_an_edge_click_moves_the_whole_deep_edge_and_undoes(station_run):
     edit.start_from_scratch()
     with pytest.raises(ReviewInputError, match="edge clicks"):
         edit.click(1, x, deep + 4, edge=True)
+
+
+def test_an_end_click_cuts_the_surface_back_to_the_click_and_undoes(station_run):
+    _, station = station_run
+    items = [i for i in station.run(RUN_ID).items if i.status == "to-do" and i.n_frames == 1]
+    edit = station.open(RUN_ID, items[-1].sop_uid).edit
+    ai = edit.mask(1)[..., 0].copy()
+    cols = np.nonzero(ai.any(axis=0))[0]
+    x = int(cols[len(cols) * 4 // 5])  # a fifth of the surface's columns in from its right end
+    rows = np.nonzero(ai[:, x])[0]
+    piece = ndimage.label(ai, structure=np.ones((3, 3)))[0]
+    piece = piece == piece[rows[0], x]
+    cut = edit.click(1, x, float(rows.mean()), foreground=False, end=True)[..., 0]
+    assert not (cut & piece)[:, x + 2:].any() and (cut <= ai).all()  # from the click outwards: gone
+    assert np.array_equal(cut[:, :x - 2], ai[:, :x - 2])  # the rest of the surface stays
+    assert edit.state.prompts(1).clicks[-1].end
+    assert edit.undo() and np.array_equal(edit.mask(1)[..., 0], ai)
+    with pytest.raises(ReviewInputError, match="not both"):
+        edit.click(1, x, float(rows.mean()), edge=True, end=True)
 
 
 def test_from_scratch_is_manual_and_reject_is_recorded(station_run):

@@ -28,6 +28,7 @@ class Click:
     y: float
     foreground: bool
     edge: bool = False  # an edge click: moves that edge of the whole surface to here (sam2rad/edge_click.py)
+    end: bool = False  # an end click: the surface ends here (cut back to it, or extended to it)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class PromptModel(Protocol):
     def predict(self, images, mode: str = "auto", prompts=None) -> list: ...
 
 
-MakePrompts = Callable[..., object]  # sam2rad.model.Prompts (points, labels, box, edges, edge_labels, class_index)
+MakePrompts = Callable[..., object]  # sam2rad.model.Prompts (points, labels, box, edges, edge_labels, ends, class_index)
 
 
 @dataclass
@@ -108,18 +109,23 @@ class InstanceEdit:
         self.state = new_state
         self.corrections += 1
 
-    def click(self, frame_number: int, x: float, y: float, foreground: bool = True, edge: bool = False) -> np.ndarray:
-        """A point click, or with `edge` an edge click: the nearest edge of the whole surface, in depth,
-        moves to the click (foreground: the bone reaches here; background: it stops before here)."""
+    def click(self, frame_number: int, x: float, y: float, foreground: bool = True, edge: bool = False,
+              end: bool = False) -> np.ndarray:
+        """A point click; with `edge` an edge click: the nearest edge of the whole surface, in depth,
+        moves to the click (foreground: the bone reaches here; background: it stops before here); with
+        `end` an end click: the surface ends here (on the mask it is cut back to the click, beyond its
+        end it is extended to the click)."""
         frame = self.frame(frame_number)
         self._check_point(frame, x, y)
-        if edge and self.state.mode != "semi":
-            raise ReviewInputError("edge clicks move the AI mask's edge; after 'start from scratch' use points or a box")
+        if edge and end:
+            raise ReviewInputError("a click is an edge click or an end click, not both")
+        if (edge or end) and self.state.mode != "semi":
+            raise ReviewInputError(f"{'edge' if edge else 'end'} clicks edit the AI mask; after 'start from scratch' use points or a box")
         prompts = self.state.prompts(frame_number)
         if len(prompts.clicks) + 1 > MAX_PROMPTS_PER_FRAME:
             raise ReviewInputError(f"at most {MAX_PROMPTS_PER_FRAME} clicks a frame")
         self._push(self.state.with_prompts(
-            frame_number, replace(prompts, clicks=prompts.clicks + (Click(float(x), float(y), bool(foreground), bool(edge)),))))
+            frame_number, replace(prompts, clicks=prompts.clicks + (Click(float(x), float(y), bool(foreground), bool(edge), bool(end)),))))
         return self.mask(frame_number)
 
     def draw_box(self, frame_number: int, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -167,12 +173,12 @@ class InstanceEdit:
             [prompts.box[0] - b.min_x0, prompts.box[1] - b.min_y0, prompts.box[2] - b.min_x0,
              prompts.box[3] - b.min_y0], dtype=np.float32)
         kinds = {}
-        for edge in (False, True):
-            clicks = [c for c in prompts.clicks if c.edge == edge]
-            kinds[edge] = (np.array([[c.x - b.min_x0, c.y - b.min_y0] for c in clicks], dtype=np.float32) if clicks else None,
+        for kind in ("point", "edge", "end"):
+            clicks = [c for c in prompts.clicks if ("end" if c.end else "edge" if c.edge else "point") == kind]
+            kinds[kind] = (np.array([[c.x - b.min_x0, c.y - b.min_y0] for c in clicks], dtype=np.float32) if clicks else None,
                            np.array([1 if c.foreground else 0 for c in clicks], dtype=np.int64) if clicks else None)
-        return self.make_prompts(points=kinds[False][0], labels=kinds[False][1], box=box,
-                                 edges=kinds[True][0], edge_labels=kinds[True][1])
+        return self.make_prompts(points=kinds["point"][0], labels=kinds["point"][1], box=box,
+                                 edges=kinds["edge"][0], edge_labels=kinds["edge"][1], ends=kinds["end"][0])
 
     def warm(self, frame_number: int) -> None:
         """Encode the frame now (the first view's cost), so the reader's first click runs the decoder only."""

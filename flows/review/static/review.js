@@ -103,7 +103,8 @@ function draw() {
   if (S.box) { g.strokeStyle = "#ff0"; g.strokeRect(S.box[0], S.box[1], S.box[2] - S.box[0], S.box[3] - S.box[1]); }
   for (const p of S.prompts) {
     g.fillStyle = p.foreground ? "#0f0" : "#f33";
-    if (p.edge) g.fillRect(p.x - 6, p.y - 1, 13, 3);  // an edge click: a bar along the edge it moved
+    if (p.end) { g.fillStyle = "#fa0"; g.fillRect(p.x - 1, p.y - 7, 3, 15); }  // an end click: a bar across the surface's end
+    else if (p.edge) g.fillRect(p.x - 6, p.y - 1, 13, 3);  // an edge click: a bar along the edge it moved
     else { g.beginPath(); g.arc(p.x, p.y, 3, 0, 7); g.fill(); }
   }
 }
@@ -128,7 +129,7 @@ $("view").addEventListener("mouseup", (ev) => {
   const [x0, y0] = down.p, [x1, y1] = imagePoint(ev), bg = down.button === 2 || down.shift;
   down = null;
   if (Math.abs(x1 - x0) > 4 && Math.abs(y1 - y0) > 4) correct("box", {frame: S.frame, x0, y0, x1, y1});
-  else correct("click", {frame: S.frame, x: Math.round(x0), y: Math.round(y0), foreground: !bg, edge: $("edge-tool").checked});
+  else correct("click", {frame: S.frame, x: Math.round(x0), y: Math.round(y0), foreground: !bg, edge: $("edge-tool").checked, end: $("end-tool").checked});
 });
 
 const reader = () => { const r = $("reader").value.trim(); localStorage.setItem("sam2rad-reader", r); return r; };
@@ -170,10 +171,14 @@ document.addEventListener("keydown", (ev) => {
   else if (k === "r") decide("reject");
   else if (k === "n") next();
   else if (k === "o") { $("outline").checked = !$("outline").checked; draw(); }
-  else if (k === "e") { $("edge-tool").checked = !$("edge-tool").checked; }
+  else if (k === "e") { $("edge-tool").checked = !$("edge-tool").checked; $("end-tool").checked = false; }
+  else if (k === "x") { $("end-tool").checked = !$("end-tool").checked; $("edge-tool").checked = false; }
   else if (S.info && ev.key === "ArrowRight" && S.frame < S.info.n_frames) showFrame(S.frame + 1);
   else if (S.info && ev.key === "ArrowLeft" && S.frame > 1) showFrame(S.frame - 1);
   else return;
   ev.preventDefault();
 });
 loadRuns().catch((e) => say(e.message, true));
+// One tool at a time: an edge click and an end click mean different things.
+$("edge-tool").addEventListener("change", () => { if ($("edge-tool").checked) $("end-tool").checked = false; });
+$("end-tool").addEventListener("change", () => { if ($("end-tool").checked) $("edge-tool").checked = false; });

@@ -2,7 +2,7 @@
 one or more batch sizes, and the cost of one reader click in `semi` mode on a shown image (its
 encoding and `auto` result cached, as on the review page): a point click and an edge click; and,
 on the shipped LiteMedSAM model, a point click the decoder does not follow, without and with the
-hold that moves the nearby edge to it.
+hold that moves the nearby edge to it, and with an end click added.
 
 Targets: auto / bare encoder >= 0.85 (the PPN, decoder and refiner must cost little beside the
 encoder); a click < 150 ms with LiteMedSAM on 2 CPU threads (decoder path only, never the encoder).
@@ -92,11 +92,13 @@ def measure(model: Sam2Rad, size: int, batch: int, repeats: int, device: str
     return rates[0], rates[1], rates[2], *((1000 / rates[4], 1000 / rates[5]) if batch == 1 else (None, None))
 
 
-def held_click_ms(repeats: int, device: str) -> tuple[float, float, bool]:
+def held_click_ms(repeats: int, device: str) -> tuple[float, float, float, bool, bool]:
     """The shipped LiteMedSAM model on a generated B frame: a point click three pixels below the
     surface's deep edge, which the decoder does not follow, timed without and with the hold
-    (sam2rad/edge_click.py hold_point_clicks) in interleaved rounds. Returns (ms without, ms with,
-    whether the held click's pixel ended up in the mask)."""
+    (sam2rad/edge_click.py hold_point_clicks), and with an end click added a fifth of the surface in
+    from its right end (apply_end_clicks), in interleaved rounds. Returns (ms without, ms with, ms
+    with the end click, whether the held click's pixel ended up in the mask, whether the surface
+    ended at the end click)."""
     from sam2rad.checkpoint import load_checkpoint
     from sam2rad.data.specs import load_spec
     from sam2rad.edge_click import HOLD_WINDOW_PX
@@ -107,9 +109,12 @@ def held_click_ms(repeats: int, device: str) -> tuple[float, float, bool]:
     cols = np.nonzero(auto.any(axis=0))[0]
     x = int(cols[len(cols) // 2])
     y = int(np.nonzero(auto[:, x])[0].max()) + 3
-    prompt = Prompts(points=[[x, y]], labels=[1])
+    end_x = int(cols[len(cols) * 4 // 5])
+    end = [end_x, float(np.nonzero(auto[:, end_x])[0].mean())]
 
-    def clicking(window):
+    def clicking(window, ends=None):
+        prompt = Prompts(points=[[x, y]], labels=[1], ends=ends)
+
         def click():
             model.hold_window_px = window
             before = model.encoder_calls
@@ -118,9 +123,9 @@ def held_click_ms(repeats: int, device: str) -> tuple[float, float, bool]:
             return mask
         return click
 
-    plain, held = clicking(None), clicking(HOLD_WINDOW_PX)
-    rates = interleaved_rates([plain, held], repeats, 1, device)
-    return 1000 / rates[0], 1000 / rates[1], bool(held()[y, x])
+    plain, held, ended = clicking(None), clicking(HOLD_WINDOW_PX), clicking(HOLD_WINDOW_PX, [end])
+    rates = interleaved_rates([plain, held, ended], repeats, 1, device)
+    return 1000 / rates[0], 1000 / rates[1], 1000 / rates[2], bool(held()[y, x]), not ended()[:, end_x + 2:].any()
 
 
 def main() -> None:
@@ -149,10 +154,12 @@ def main() -> None:
         clicks = "".join(f"{v:>{w}.1f}" if v is not None else f"{'-':>{w}}" for v, w in ((ms, 10), (edge_ms, 15)))
         print(f"{name:<22}{batch:>6}{b:>15.2f}{a:>12.2f}{m:>14.2f}{ratio:>14.2f}{clicks}")
     if "litemedsam" in args.backbones.split(","):
-        plain_ms, held_ms, taken = held_click_ms(args.repeats, args.device)
+        plain_ms, held_ms, end_ms, taken, ended = held_click_ms(args.repeats, args.device)
         print(f"\nshipped litemedsam model, a B frame, a point click the decoder does not follow: "
               f"{plain_ms:.1f} ms without the hold, {held_ms:.1f} ms with it ({held_ms / plain_ms:.2f}x); "
-              f"the clicked pixel {'ends up' if taken else 'does NOT end up'} in the mask")
+              f"the clicked pixel {'ends up' if taken else 'does NOT end up'} in the mask; "
+              f"with an end click as well {end_ms:.1f} ms ({end_ms / held_ms:.2f}x), "
+              f"the surface {'ends' if ended else 'does NOT end'} there")
 
 
 if __name__ == "__main__":

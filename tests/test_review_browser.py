@@ -62,7 +62,9 @@ def _target(run, station):
             if missed and false:
                 cols = np.nonzero(mask.any(axis=0))[0]
                 x = int(cols[len(cols) // 4])  # away from the middle, where the point clicks may land
-                return item, missed, false, (x, int(np.nonzero(mask[:, x])[0].max()) + 4)
+                end_x = int(cols[len(cols) * 9 // 10])  # a tenth in from the right end: where an end click cuts
+                end = (end_x, int(round(np.nonzero(mask[:, end_x])[0].mean())))
+                return item, missed, false, (x, int(np.nonzero(mask[:, x])[0].max()) + 4), end
     pytest.fail("no demo instance with both a missed and a false part")
 
 
@@ -83,7 +85,7 @@ def _click_canvas(page, cols: int, x: int, y: int, button: str = "left") -> int:
 
 def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
     run, station, url = server
-    item, missed, false, below_edge = _target(run, station)
+    item, missed, false, below_edge, end = _target(run, station)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         # bypass_csp: the page forbids eval, which Playwright's string predicates use
@@ -109,6 +111,14 @@ def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
         assert int(page.get_attribute("#mask-pixels", "data-pixels")) > pixels, "the edge click did not grow the mask"
         page.keyboard.press("u")  # undo it: what is accepted is the two point clicks
         page.wait_for_function(f"document.getElementById('mask-pixels').dataset.pixels == '{pixels}'", timeout=60_000)
+        page.keyboard.press("x")  # end clicks on (edge clicks off): the surface ends at the click
+        assert page.is_checked("#end-tool") and not page.is_checked("#edge-tool")
+        _click_canvas(page, cols, *end, button="right")
+        assert int(page.get_attribute("#mask-pixels", "data-pixels")) < pixels, "the end click did not cut the surface back"
+        assert _near(page, *end, r=0) == 0, "the clicked run is still there"
+        page.keyboard.press("u")
+        page.wait_for_function(f"document.getElementById('mask-pixels').dataset.pixels == '{pixels}'", timeout=60_000)
+        page.keyboard.press("e")  # back to edge clicks, as the screenshot shows them
         shot = tmp_path / "review-station.png"
         page.screenshot(path=str(shot))
         if os.environ.get(SCREENSHOT_ENV):
@@ -134,5 +144,5 @@ def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
     assert referenced == item.sop_uid
     table = pd.read_csv(run.run_dir / "review" / "review_corrections.csv")
     row = table[table.sop_uid == item.sop_uid].iloc[0]
-    assert row["outcome"] == "accepted" and row["clicks"] == 3 and row["seg_sop_uid"] == seg_uid  # the undone one counts
+    assert row["outcome"] == "accepted" and row["clicks"] == 4 and row["seg_sop_uid"] == seg_uid  # the undone ones count
     assert np.isfinite(row["dice"]) and row["seconds"] > 0

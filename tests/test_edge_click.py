@@ -158,6 +158,15 @@ def test_an_end_click_cuts_a_surface_back_or_extends_it_to_the_click():
     assert np.array_equal(cut, _band(20, 25, x0=8, x1=40))  # at its near end: the whole piece goes
 
 
+def test_end_clicks_with_nothing_to_end_change_nothing():
+    empty = _logits(np.zeros((64, 64), bool))
+    assert torch.equal(apply_end_clicks(empty, np.array([[30.0, 30.0]]), input_size=64), empty)
+    far = _logits(_band(20, 25, x0=8, x1=20))  # the nearest end is 43 columns away at 64-column reach: in reach
+    assert (apply_end_clicks(far, np.array([[63.0, 22.0]]), input_size=64)[0, 0, :, 63] > 0).any()
+    wide = _logits(_band(20, 25, size=256, x0=8, x1=40))  # 200 columns from its end: out of reach
+    assert torch.equal(apply_end_clicks(wide, np.array([[240.0, 22.0]]), input_size=256), wide)
+
+
 def test_the_reader_ends_a_surface_where_the_true_one_ends():
     pred, gt = _band(20, 25, size=96, x0=10, x1=86), _band(20, 25, size=96, x0=10, x1=61)
     point, label = error_click(pred, gt)
@@ -216,6 +225,8 @@ def test_an_edge_click_on_the_shipped_model_moves_the_deep_edge_everywhere_witho
     assert (shrunk <= auto).all() and shrunk.sum() < auto.sum()
     with pytest.raises(ValueError, match="semi mode only"):
         model.predict(sample.image, "manual", Prompts(edges=[[x, deep]]))
+    with pytest.raises(ValueError, match="semi mode only"):
+        model.predict(sample.image, "manual", Prompts(ends=[[x, deep]]))
     # With a reader's box the box-prompted mask is taken whole, and an edge click moves its edge.
     ys, xs = np.nonzero(auto)
     box = [xs.min(), ys.min(), xs.max(), ys.max()]

@@ -41,14 +41,18 @@ def error_click(pred: np.ndarray, gt: np.ndarray) -> tuple[list[float], int]:
 # The simulated reader takes the edge tool (sam2rad/edge_click.py) for an error strip at least this
 # fraction of the mask's width: a whole edge off, not a sliver or a piece.
 EDGE_STRIP_FRACTION = 0.25
+# ... or when the edge the click names is off, in strips of any length, along at least this fraction
+# of the mask's columns (session 14: 0.25 and 0.5 made more first clicks worse on B and A).
+EDGE_ALONG_FRACTION = 0.75
 
 
 def wants_edge_tool(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int,
                     fraction: float = EDGE_STRIP_FRACTION) -> bool:
     """The simulated reader's tool for the click `error_click` chose: True (edge click) when the
-    error region under it runs along the mask for at least `fraction` of the mask's width and the
-    click's column holds mask that is right (an edge to move, not a false piece or a missed one);
-    False (point click) otherwise."""
+    click's column holds mask that is right (an edge to move, not a false piece or a missed one) and
+    the error region under it runs along the mask for at least `fraction` of the mask's width, or
+    the edge it names is off along EDGE_ALONG_FRACTION of the mask's columns; False (point click)
+    otherwise."""
     h, w = pred.shape
     x, y = int(np.clip(round(point[0]), 0, w - 1)), int(np.clip(round(point[1]), 0, h - 1))
     if not (pred[:, x] & gt[:, x]).any():
@@ -59,7 +63,26 @@ def wants_edge_tool(pred: np.ndarray, gt: np.ndarray, point: list[float], label:
         return False
     cols = np.nonzero((regions == regions[y, x]).any(axis=0))[0]
     mask_cols = np.nonzero(pred.any(axis=0))[0]
-    return cols[-1] - cols[0] + 1 >= fraction * (mask_cols[-1] - mask_cols[0] + 1)
+    width = mask_cols[-1] - mask_cols[0] + 1
+    if cols[-1] - cols[0] + 1 >= fraction * width:
+        return True
+    # The same edge off along most of the surface in several strips (broken by a pixel here and
+    # there): a reader sees the whole edge off.
+    return _columns_off_along_edge(pred, error, x, y, label) >= EDGE_ALONG_FRACTION * width
+
+
+def _columns_off_along_edge(pred: np.ndarray, error: np.ndarray, x: int, y: float, label: int) -> int:
+    """How many columns have `error` right at the edge of the mask that the click at (x, y) names
+    (just outside it for a foreground click, on its outermost row for a background one)."""
+    rows = np.nonzero(pred[:, x])[0]
+    top, deep = rows[0], rows[-1]
+    deep_edge = y > deep if label == 1 else deep - y <= y - top
+    cols = np.nonzero(pred.any(axis=0))[0]
+    sub = pred[:, cols]
+    first, last = sub.argmax(0), pred.shape[0] - 1 - sub[::-1].argmax(0)
+    row = (last if deep_edge else first) + (0 if label == 0 else (1 if deep_edge else -1))
+    ok = (row >= 0) & (row < pred.shape[0])
+    return int(error[row[ok], cols[ok]].sum())
 
 
 def _middle_row(mask: np.ndarray, col: int, y: float) -> float:

@@ -109,6 +109,11 @@ def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
     strip[26:29, 12:80] = True  # the truth reaches 3 rows deeper along most of the surface
     point, label = error_click(pred, strip)
     assert label == 1 and wants_edge_tool(pred, strip, point, label)
+    broken = pred.copy()
+    broken[26:29, 12:84] = True
+    broken[26:29, 30:84:18] = False  # the same edge off along most of the surface, in strips under a quarter
+    point, label = error_click(pred, broken)
+    assert wants_edge_tool(pred, broken, point, label)
     sliver = pred.copy()
     sliver[26:29, 40:46] = True  # the same error over 6 columns: a point click
     point, label = error_click(pred, sliver)

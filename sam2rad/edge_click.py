@@ -64,8 +64,39 @@ def _run_at(column: np.ndarray, y: float) -> tuple[int, int] | None:
     return int(run[0]), int(run[-1])
 
 
+def _shift_rows_by_column(logits: torch.Tensor, amounts: np.ndarray) -> torch.Tensor:
+    """Like _shift_rows with one amount per column."""
+    h = logits.shape[-2]
+    a = torch.as_tensor(amounts, dtype=logits.dtype, device=logits.device)
+    whole = torch.floor(a)
+    rows = torch.arange(h, device=logits.device)[:, None]
+    out = torch.zeros_like(logits[0, 0])
+    for k, weight in ((whole, 1.0 - (a - whole)), (whole + 1, a - whole)):
+        idx = (rows - k[None, :].long()).clamp(0, h - 1)
+        out = out + torch.gather(logits[0, 0], 0, idx) * weight[None, :]
+    return out[None, None]
+
+
+def _normal_scaled_shifts(mask: np.ndarray, col: int, shift: float, deep: bool) -> np.ndarray:
+    """Per-column row shifts that move the edge by the same distance along its normal as `shift`
+    rows moves it at `col`: a sloped stretch of the edge moves further in rows (1 / cos of its
+    slope). Why: the labels' bands keep their thickness across the surface, not in rows, and the
+    errors left across generators grow with the slope (README, session 14). Slopes come from the
+    edge's rows smoothed over 7 columns; columns without mask take `shift`."""
+    h, w = mask.shape
+    has = mask.any(axis=0)
+    edge = np.where(has, (h - 1 - mask[::-1].argmax(0)) if deep else mask.argmax(0), 0).astype(np.float64)
+    kernel = np.ones(7)
+    num, den = np.convolve(edge * has, kernel, "same"), np.convolve(has.astype(float), kernel, "same")
+    smooth = np.where(den > 0, num / np.maximum(den, 1e-9), np.nan)
+    inv_cos = np.sqrt(1.0 + np.nan_to_num(np.gradient(smooth), nan=0.0) ** 2)
+    shifts = shift * inv_cos / inv_cos[col]
+    limit = min(MAX_MOVE_PX, 3.0 * abs(shift))
+    return np.where(has, np.clip(shifts, -limit, limit), shift)
+
+
 def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: float = 0.0,
-              reach: float | None = None, past: float = 0.0) -> torch.Tensor:
+              reach: float | None = None, past: float = 0.0, along_normal: bool = False) -> torch.Tensor:
     """Move the edge of (1, 1, s, s) `logits` nearest to the click (x, y, logit pixels) to it.
 
     grow: the structure reaches the click (a click beyond the deep or above the shallow edge);
@@ -73,10 +104,12 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
     A click in a column without mask, or a grow click inside / a shrink click outside the mask,
     changes nothing; so does one that would move the edge further than `reach` (None: any distance,
     moves capped at MAX_MOVE_PX). `past`: a grown edge goes this far beyond the click.
+    along_normal: the move keeps the click's distance along the edge's normal, not in rows.
     """
     s = logits.shape[-1]
     col = int(np.clip(round(x), 0, s - 1))
-    run = _run_at((logits[0, 0, :, col] > threshold).cpu().numpy(), y)
+    mask = (logits[0, 0] > threshold).cpu().numpy()
+    run = _run_at(mask[:, col], y)
     if run is None:
         return logits
     top, deep = run
@@ -96,6 +129,9 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
         return logits
     if reach is not None and abs(shift) > reach:  # too far from any edge to be meant for one
         return logits
+    if along_normal:
+        deep_edge = (grow and y > deep) or (not grow and deep - y <= y - top)
+        return keep(logits, _shift_rows_by_column(logits, _normal_scaled_shifts(mask, col, float(shift), deep_edge)))
     return keep(logits, _shift_rows(logits, float(shift)))
 
 
@@ -107,10 +143,11 @@ def _to_logit_px(coords_px: np.ndarray, input_size: int, side: int) -> np.ndarra
 
 def apply_edge_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,
                       threshold: float = 0.0) -> torch.Tensor:
-    """Edge clicks in order, each on the result of the ones before. coords_px: (E, 2) in model-input
-    pixels (the logits may be coarser); labels (E,): 1 grow, 0 shrink."""
+    """Edge clicks in order, each on the result of the ones before, each moving its edge by the
+    click's distance along the edge's normal. coords_px: (E, 2) in model-input pixels (the logits
+    may be coarser); labels (E,): 1 grow, 0 shrink."""
     for (x, y), label in zip(_to_logit_px(coords_px, input_size, logits.shape[-1]), np.asarray(labels).reshape(-1)):
-        logits = move_edge(logits, x, y, bool(label), threshold)
+        logits = move_edge(logits, x, y, bool(label), threshold, along_normal=True)
     return logits
 
 

@@ -103,6 +103,19 @@ def test_moves_are_sub_pixel_capped_and_scale_to_coarser_logits():
     assert _rows(coarse, 10) == (20, 28)
 
 
+def test_an_edge_click_moves_a_sloped_stretch_further_in_rows_the_same_distance_along_its_normal():
+    mask = np.zeros((64, 64), bool)
+    for c in range(4, 60):
+        top = 20 + max(0, c - 32)  # flat, then falling one row per column (45 degrees)
+        mask[top:top + 5, c] = True
+    moved = apply_edge_clicks(_logits(mask), np.array([[16.0, 26.0]]), np.array([1]), input_size=64)
+    deep = lambda m, c: int(np.nonzero(m[:, c])[0].max())  # noqa: E731
+    after = (moved[0, 0] > 0).numpy()
+    assert deep(after, 16) - deep(mask, 16) == 2  # at the click: to the click
+    assert deep(after, 46) - deep(mask, 46) == 2 + 1  # at 45 degrees: 2 * sqrt(2) rows = the same 2 along the normal
+    assert (moved >= _logits(mask)).all()
+
+
 def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
     pred = _band(20, 25, size=96, x0=10, x1=86)
     strip = pred.copy()

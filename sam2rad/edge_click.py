@@ -131,7 +131,12 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
         return logits
     if along_normal:
         deep_edge = (grow and y > deep) or (not grow and deep - y <= y - top)
-        return keep(logits, _shift_rows_by_column(logits, _normal_scaled_shifts(mask, col, float(shift), deep_edge)))
+        shifts = _normal_scaled_shifts(mask, col, float(shift), deep_edge)
+        if not grow:  # a shrink leaves a row of each column's surface: it moves an edge, it does not end the bone
+            has = mask.any(axis=0)
+            thick = np.where(has, (mask.shape[0] - 1 - mask[::-1].argmax(0)) - mask.argmax(0), 0)
+            shifts = np.sign(shifts) * np.minimum(np.abs(shifts), np.maximum(thick - 0.5, 0.0))
+        return keep(logits, _shift_rows_by_column(logits, shifts))
     return keep(logits, _shift_rows(logits, float(shift)))
 
 

@@ -116,6 +116,14 @@ def test_an_edge_click_moves_a_sloped_stretch_further_in_rows_the_same_distance_
     assert (moved >= _logits(mask)).all()
 
 
+def test_an_edge_shrink_leaves_a_thin_stretch_of_surface_in_place():
+    mask = _band(20, 25, x0=8, x1=56)
+    mask[22:26, 40:56] = False  # rows 20-21 only from column 40 on: thinner than the move
+    shrunk = (apply_edge_clicks(_logits(mask), np.array([[20.0, 21.0]]), np.array([0]), input_size=64)[0, 0] > 0).numpy()
+    assert _rows(torch.as_tensor(shrunk, dtype=torch.float32)[None, None] * 2 - 1, 20) == (22, 25)  # the top moved
+    assert shrunk[:, 8:56].any(axis=0).all()  # no column of the surface vanished
+
+
 def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
     pred = _band(20, 25, size=96, x0=10, x1=86)
     strip = pred.copy()

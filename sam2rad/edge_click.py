@@ -17,14 +17,19 @@ pixel still on the wrong side, as for most point clicks on B), the same move is 
 nearest edge moves to the click at its column, fading out over a few columns either side
 (`hold_point_clicks`); a foreground click just off the end of a surface extends the surface to it.
 A reader's click near the surface then always counts where it was made, and repeated clicks walk
-an edge piece by piece instead of stalling.
+an edge piece by piece instead of stalling. A held background click in the middle of a run cuts a
+surface back near its end, or removes a small false piece.
 
-Depth is the image's row axis (the beam direction of a linear probe; near the middle of a convex
-sector it is close to it). The move works on logits, so it is sub-pixel in model space:
+End clicks (`apply_end_clicks`) set where the surface ends: cut back to the click, or extended to it.
+
+Moves shift each column's logits along the image's rows (depth: the beam direction of a linear
+probe; near the middle of a convex sector it is close to it), so they are sub-pixel in model space:
   grow the deep edge by a:     max(L, L shifted down by a)
   grow the shallow edge by a:  max(L, L shifted up by a)
   shrink the deep edge by a:   min(L, L shifted up by a)
   shrink the shallow edge by a: min(L, L shifted down by a)
+An edge click's `a` differs per column: the click's distance along the edge's normal, so sloped
+stretches move further in rows; a shrink leaves a row of every column's surface.
 """
 from __future__ import annotations
 
@@ -83,7 +88,7 @@ def _normal_scaled_shifts(mask: np.ndarray, col: int, shift: float, deep: bool) 
     slope). Why: the labels' bands keep their thickness across the surface, not in rows, and the
     errors left across generators grow with the slope (README, session 14). Slopes come from the
     edge's rows smoothed over 7 columns; columns without mask take `shift`."""
-    h, w = mask.shape
+    h = mask.shape[0]
     has = mask.any(axis=0)
     edge = np.where(has, (h - 1 - mask[::-1].argmax(0)) if deep else mask.argmax(0), 0).astype(np.float64)
     kernel = np.ones(7)

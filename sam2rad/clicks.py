@@ -11,10 +11,12 @@ import numpy as np
 from scipy import ndimage
 
 
-def error_click(pred: np.ndarray, gt: np.ndarray) -> tuple[list[float], int]:
+def error_click(pred: np.ndarray, gt: np.ndarray, strip_middle: bool = True) -> tuple[list[float], int]:
     """The click a reader would make on `pred`: (x, y) in pixels and the label (1 add, 0 remove).
 
     With nothing wrong it returns a foreground click on the structure (a no-op for a good model).
+    strip_middle=False takes the first innermost pixel in raster order (a thin strip's left end), as
+    before session 14: the training recipe's interactive rows were measured that way.
     """
     fn, fp = gt & ~pred, pred & ~gt
     if not fn.any() and not fp.any():
@@ -33,6 +35,9 @@ def error_click(pred: np.ndarray, gt: np.ndarray) -> tuple[list[float], int]:
     # Innermost pixel of the region: its distance to the region's border is largest. A thin strip has
     # many such pixels; a reader clicks its middle, not its first pixel in raster order.
     dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    if not strip_middle:
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        return [float(x), float(y)], label
     ys, xs = np.nonzero(dist >= dist.max() - 1e-6)
     i = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
     return [float(xs[i]), float(ys[i])], label

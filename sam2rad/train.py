@@ -281,7 +281,7 @@ class Trainer:
                     if pred.shape != gt.shape:
                         pred = np.asarray(torch.nn.functional.interpolate(
                             torch.as_tensor(pred, dtype=torch.float32)[None, None], size=gt.shape)[0, 0] > 0.5)
-                    (x, y), label = error_click(pred, gt)
+                    (x, y), label = error_click(pred, gt, strip_middle=False)  # the recipe as measured
                 # Pixel indices, like a reader's click (the prompt encoder adds the half pixel).
                 coords[row, r] = torch.tensor([x * size / gt.shape[-1], y * size / gt.shape[-2]])
                 labels[row, r] = label

@@ -124,6 +124,14 @@ def test_an_edge_shrink_leaves_a_thin_stretch_of_surface_in_place():
     assert shrunk[:, 8:56].any(axis=0).all()  # no column of the surface vanished
 
 
+def test_the_reader_clicks_the_middle_of_a_thin_strip_and_training_keeps_its_first_pixel():
+    pred = _band(20, 25, size=96, x0=10, x1=86)
+    gt = pred.copy()
+    gt[26, 30:71] = True  # a one-pixel strip below the deep edge, columns 30-70
+    assert error_click(pred, gt) == ([50.0, 26.0], 1)
+    assert error_click(pred, gt, strip_middle=False) == ([30.0, 26.0], 1)
+
+
 def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
     pred = _band(20, 25, size=96, x0=10, x1=86)
     strip = pred.copy()

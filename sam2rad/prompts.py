@@ -21,8 +21,9 @@ class Prompts:
     # mask, to the click. 1 = the structure reaches here, 0 = it stops before here. semi mode only.
     edges: np.ndarray | None = None  # (E, 2)
     edge_labels: np.ndarray | None = None  # (E,)
-    # End clicks: the surface ends here. On the mask, the part from the click's column to the surface's
-    # nearer end goes; beyond an end, the surface reaches the click. Applied after edge clicks.
+    # End clicks: the surface ends here. On the mask, the part from the click's column outwards (away
+    # from the middle of the mask) goes; beyond an end, the surface reaches the click. Applied last,
+    # after point and edge clicks. semi mode only.
     ends: np.ndarray | None = None  # (N, 2)
 
     def __post_init__(self) -> None:

@@ -74,7 +74,7 @@ def evaluate(
     data: str = typer.Option("synthetic:50:7", help="Test data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), an imgs/gts folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
     modes: str = typer.Option("auto,manual_gt_box,semi_click", help="Comma list of auto, manual_gt_box (zero-shot baseline), semi_click (simulated reader clicks)."),
     clicks: int = typer.Option(1, min=1, max=50, help="semi_click: successive simulated clicks, each on the largest error region of the current prediction; one row per click count, NoC@85/NoC@90 in the summary."),
-    reader: str = typer.Option("tools", help="semi_click's simulated reader: 'tools' makes a click an edge click (moves that edge of the whole surface to the click) when its error is a strip along at least a quarter of the mask, a point click otherwise; 'points' makes every click a point click."),
+    reader: str = typer.Option("tools", help="semi_click's simulated reader: 'tools' makes a click an end click (the surface ends here) when the error is the surface running on past the true end or stopping short of it, an edge click (moves that edge of the whole surface to the click) when the error is a strip along at least a quarter of the mask or the edge is off along three quarters of it, a point click otherwise; 'points' makes every click a point click."),
     out_dir: Path = typer.Option(Path("runs/evaluate"), help="Where per-image and summary CSVs go."),
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="auto and semi_click: also decode the mirrored image and average (2x encoder)."),

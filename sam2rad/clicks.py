@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .edge_click import column_ends
+
 
 def error_click(pred: np.ndarray, gt: np.ndarray, strip_middle: bool = True) -> tuple[list[float], int]:
     """The click a reader would make on `pred`: (x, y) in pixels and the label (1 add, 0 remove).
@@ -82,10 +84,9 @@ def _columns_off_along_edge(pred: np.ndarray, error: np.ndarray, x: int, y: floa
     rows = np.nonzero(pred[:, x])[0]
     top, deep = rows[0], rows[-1]
     deep_edge = y > deep if label == 1 else deep - y <= y - top
-    cols = np.nonzero(pred.any(axis=0))[0]
-    sub = pred[:, cols]
-    first, last = sub.argmax(0), pred.shape[0] - 1 - sub[::-1].argmax(0)
-    row = (last if deep_edge else first) + (0 if label == 0 else (1 if deep_edge else -1))
+    first, last, has = column_ends(pred)
+    cols = np.nonzero(has)[0]
+    row = (last if deep_edge else first)[cols] + (0 if label == 0 else (1 if deep_edge else -1))
     ok = (row >= 0) & (row < pred.shape[0])
     return int(error[row[ok], cols[ok]].sum())
 

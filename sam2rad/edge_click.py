@@ -69,6 +69,15 @@ def _run_at(column: np.ndarray, y: float) -> tuple[int, int] | None:
     return int(run[0]), int(run[-1])
 
 
+def column_ends(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of a (h, w) mask: its first and last mask row (0 where the column is empty) and
+    whether it holds mask."""
+    has = mask.any(axis=0)
+    first = np.where(has, mask.argmax(0), 0)
+    last = np.where(has, mask.shape[0] - 1 - mask[::-1].argmax(0), 0)
+    return first, last, has
+
+
 def _shift_rows_by_column(logits: torch.Tensor, amounts: np.ndarray) -> torch.Tensor:
     """Like _shift_rows with one amount per column."""
     h = logits.shape[-2]
@@ -88,9 +97,8 @@ def _normal_scaled_shifts(mask: np.ndarray, col: int, shift: float, deep: bool) 
     slope). Why: the labels' bands keep their thickness across the surface, not in rows, and the
     errors left across generators grow with the slope (README, session 14). Slopes come from the
     edge's rows smoothed over 7 columns; columns without mask take `shift`."""
-    h = mask.shape[0]
-    has = mask.any(axis=0)
-    edge = np.where(has, (h - 1 - mask[::-1].argmax(0)) if deep else mask.argmax(0), 0).astype(np.float64)
+    first, last, has = column_ends(mask)
+    edge = (last if deep else first).astype(np.float64)
     kernel = np.ones(7)
     num, den = np.convolve(edge * has, kernel, "same"), np.convolve(has.astype(float), kernel, "same")
     smooth = np.where(den > 0, num / np.maximum(den, 1e-9), np.nan)
@@ -138,9 +146,8 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
         deep_edge = (grow and y > deep) or (not grow and deep - y <= y - top)
         shifts = _normal_scaled_shifts(mask, col, float(shift), deep_edge)
         if not grow:  # a shrink leaves a row of each column's surface: it moves an edge, it does not end the bone
-            has = mask.any(axis=0)
-            thick = np.where(has, (mask.shape[0] - 1 - mask[::-1].argmax(0)) - mask.argmax(0), 0)
-            shifts = np.sign(shifts) * np.minimum(np.abs(shifts), np.maximum(thick - 0.5, 0.0))
+            first, last, _ = column_ends(mask)
+            shifts = np.sign(shifts) * np.minimum(np.abs(shifts), np.maximum(last - first - 0.5, 0.0))
         return keep(logits, _shift_rows_by_column(logits, shifts))
     return keep(logits, _shift_rows(logits, float(shift)))
 

@@ -1,11 +1,15 @@
 """Simulated reader clicks: for training rows and for evaluating interactive correction.
 
 A reader clicks where the mask is most wrong: inside the largest missed region (a foreground
-click) or the largest false region (a background click), at its innermost pixel. With two tools
-(the evaluation's default reader) that click is an edge click when the region is a strip along a
-whole edge, a point click otherwise.
+click) or the largest false region (a background click), at its innermost pixel, passing over a
+region an earlier click did not change. With the tools (the evaluation's default reader) that click
+becomes an end click when the error is about where the surface ends, an edge click when one edge
+is off along most of the surface (on the true edge, where it is off by its typical amount) or the
+region is a strip along a whole edge, a point click otherwise.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -13,27 +17,33 @@ from scipy import ndimage
 from .edge_click import column_ends
 
 
-def error_click(pred: np.ndarray, gt: np.ndarray, strip_middle: bool = True) -> tuple[list[float], int]:
+def error_click(pred: np.ndarray, gt: np.ndarray, strip_middle: bool = True,
+                avoid: Sequence[tuple[float, float, int]] = ()) -> tuple[list[float], int]:
     """The click a reader would make on `pred`: (x, y) in pixels and the label (1 add, 0 remove).
 
     With nothing wrong it returns a foreground click on the structure (a no-op for a good model).
     strip_middle=False takes the first innermost pixel in raster order (a thin strip's left end), as
     before session 14: the training recipe's interactive rows were measured that way.
+    avoid: earlier clicks (x, y, label) as `error_click` chose them. A region still holding one was
+    clicked and did not change there, so a reader turns to the next largest error (the largest
+    again when every region has been tried).
     """
     fn, fp = gt & ~pred, pred & ~gt
     if not fn.any() and not fp.any():
         ys, xs = np.nonzero(gt) if gt.any() else (np.array([gt.shape[0] // 2]), np.array([gt.shape[1] // 2]))
         return [float(xs[len(xs) // 2]), float(ys[len(ys) // 2])], 1
-    best = None
+    candidates = []  # (size, tried, region, label)
     for error, label in ((fn, 1), (fp, 0)):
         if not error.any():
             continue
         labels, n = ndimage.label(error)
         sizes = ndimage.sum(error, labels, range(1, n + 1))
-        k = int(np.argmax(sizes))
-        if best is None or sizes[k] > best[0]:
-            best = (sizes[k], labels == k + 1, label)
-    _, region, label = best
+        tried = {int(labels[int(y), int(x)]) for x, y, lab in avoid if lab == label}
+        is_tried = np.array([i + 1 in tried for i in range(n)])
+        k = int(np.argmax(np.where(is_tried, -1.0, sizes))) if not is_tried.all() else int(np.argmax(sizes))
+        candidates.append((sizes[k], bool(is_tried[k]), labels == k + 1, label))
+    untried = [c for c in candidates if not c[1]] or candidates
+    _, _, region, label = max(untried, key=lambda c: c[0])
     # Innermost pixel of the region: its distance to the region's border is largest. A thin strip has
     # many such pixels; a reader clicks its middle, not its first pixel in raster order.
     dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
@@ -76,6 +86,53 @@ def wants_edge_tool(pred: np.ndarray, gt: np.ndarray, point: list[float], label:
     # The same edge off along most of the surface in several strips (broken by a pixel here and
     # there): a reader sees the whole edge off.
     return _columns_off_along_edge(pred, error, x, y, label) >= EDGE_ALONG_FRACTION * width
+
+
+def typical_edge_click(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int) -> list[float] | None:
+    """An edge click placed as a reader who sees one edge off along most of the surface places it:
+    on the true edge, in a column where that edge is off by its typical amount, or None.
+
+    The edge is the one the click `error_click` chose names (as `wants_edge_tool` reads it). Per
+    column holding both masks, its error in the click's direction (rows to grow for a foreground
+    click, to shrink for a background one; 0 where it is off the other way or right) has a median;
+    an edge tool moves every column by about one amount, and the median is the amount that gains
+    most Dice when the error varies along the surface. A median under one row: None (no edge is
+    off along most of the surface). The column: the nearest to the chosen click whose error is the
+    median's rounded value. Why: the middle of the error strip in its thickest column, the point
+    click's spot, moves the edge by half of the largest error, and the reader took the edge tool
+    only when the strip was long (README, session 15)."""
+    h, w = pred.shape
+    x, y = int(np.clip(round(point[0]), 0, w - 1)), int(np.clip(round(point[1]), 0, h - 1))
+    rows = np.nonzero(pred[:, x])[0]
+    if len(rows) == 0:
+        return None
+    top, deep = rows[0], rows[-1]
+    deep_edge = y > deep if label == 1 else (deep - y <= y - top)
+    if label == 1 and top <= y <= deep:
+        return None  # a hole inside the mask: not an edge
+    p_first, p_last, p_has = column_ends(pred)
+    g_first, g_last, g_has = column_ends(gt)
+    cols = np.nonzero(p_has & g_has)[0]
+    if len(cols) == 0:
+        return None
+    if deep_edge:  # grow: the truth goes deeper; shrink: the mask does
+        err = (g_last - p_last)[cols] if label == 1 else (p_last - g_last)[cols]
+    else:
+        err = (p_first - g_first)[cols] if label == 1 else (g_first - p_first)[cols]
+    err = np.maximum(err, 0)
+    amount = int(round(float(np.median(err))))
+    if amount < 1:
+        return None
+    near = cols[err == amount]
+    c = int(near[np.argmin(np.abs(near - x))])
+    if label == 1:
+        row = g_last[c] if deep_edge else g_first[c]
+    else:
+        row = g_last[c] + 1 if deep_edge else g_first[c] - 1
+        # The edge tool moves the mask's nearer edge: the click must stay nearer the edge it names.
+        if (p_last[c] - row <= row - p_first[c]) != deep_edge:
+            return None
+    return [float(c), float(row)]
 
 
 def _columns_off_along_edge(pred: np.ndarray, error: np.ndarray, x: int, y: float, label: int) -> int:

@@ -29,7 +29,11 @@ probe; near the middle of a convex sector it is close to it), so they are sub-pi
   shrink the deep edge by a:   min(L, L shifted up by a)
   shrink the shallow edge by a: min(L, L shifted down by a)
 An edge click's `a` differs per column: the click's distance along the edge's normal, so sloped
-stretches move further in rows; a shrink leaves a row of every column's surface.
+stretches move further in rows; a shrink leaves a row of every column's surface. Given the source's
+row scale, it counts whole source rows: the clicked pixel becomes the edge's last one in (a grow) or
+first one out (a shrink), read where the source column lies between two logit columns, and every
+other column moves by the same number of source rows (times its normal's share), its threshold
+crossing put between two source rows.
 """
 from __future__ import annotations
 
@@ -109,7 +113,8 @@ def _normal_scaled_shifts(mask: np.ndarray, col: int, shift: float, deep: bool) 
 
 
 def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: float = 0.0,
-              reach: float | None = None, past: float = 0.0, along_normal: bool = False) -> torch.Tensor:
+              reach: float | None = None, past: float = 0.0, along_normal: bool = False,
+              pixel: float | None = None) -> torch.Tensor:
     """Move the edge of (1, 1, s, s) `logits` nearest to the click (x, y, logit pixels) to it.
 
     grow: the structure reaches the click (a click beyond the deep or above the shallow edge);
@@ -118,6 +123,10 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
     changes nothing; so does one that would move the edge further than `reach` (None: any distance,
     moves capped at MAX_MOVE_PX). `past`: a grown edge goes this far beyond the click.
     along_normal: the move keeps the click's distance along the edge's normal, not in rows.
+    pixel: the clicked source pixel's height in logit rows. Given, the edge's sub-pixel threshold
+    crossing lands on the clicked pixel's far side (a grow) or near side (a shrink), so the clicked
+    pixel is the edge's last one in or first one out; None: the edge moves by whole logit rows from
+    its last thresholded row (a shrink then also takes up to a further row).
     """
     s = logits.shape[-1]
     col = int(np.clip(round(x), 0, s - 1))
@@ -133,23 +142,96 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
     elif not grow and top - 1 <= y <= deep + 1:
         # Within a pixel outside the run counts as on its edge: the source pixel clicked can be in
         # the mask while its model-space position lies just past the thresholded run.
-        y = min(max(y, float(top)), float(deep))
+        clicked_y, y = y, min(max(y, float(top)), float(deep))
         if deep - y <= y - top:  # the deep edge moves up past the click
             shift, keep = -min(deep - y + 1, MAX_MOVE_PX), torch.minimum
         else:  # the shallow edge moves down past the click
             shift, keep = min(y - top + 1, MAX_MOVE_PX), torch.minimum
     else:
         return logits
+    n_rows = 0
+    if pixel is not None:  # whole source rows, read where the click is
+        n_rows = _rows_to_pixel_side(logits, x, y if grow else clicked_y, shift > 0, grow, pixel, threshold)
+        if n_rows == 0:
+            return logits
+        shift = float(np.clip(n_rows * pixel, -MAX_MOVE_PX, MAX_MOVE_PX))
     if reach is not None and abs(shift) > reach:  # too far from any edge to be meant for one
         return logits
     if along_normal:
         deep_edge = (grow and y > deep) or (not grow and deep - y <= y - top)
         shifts = _normal_scaled_shifts(mask, col, float(shift), deep_edge)
+        if pixel is not None:
+            shifts = _whole_source_rows(logits[0, 0], mask, n_rows, shifts, col, deep_edge, pixel, threshold)
         if not grow:  # a shrink leaves a row of each column's surface: it moves an edge, it does not end the bone
             first, last, _ = column_ends(mask)
             shifts = np.sign(shifts) * np.minimum(np.abs(shifts), np.maximum(last - first - 0.5, 0.0))
         return keep(logits, _shift_rows_by_column(logits, shifts))
     return keep(logits, _shift_rows(logits, float(shift)))
+
+
+def _crossing(column: torch.Tensor, inside: int, outside: int, threshold: float) -> float:
+    """Where the column's logits cross `threshold` between row `inside` (above it) and the
+    neighbouring row `outside` (linear between rows; half a row out at the border)."""
+    if not 0 <= outside < column.shape[0]:
+        return inside + 0.5 * (outside - inside)
+    v_in, v_out = float(column[inside]), float(column[outside])
+    t = (v_in - threshold) / max(v_in - v_out, 1e-6)
+    return inside + min(max(t, 0.0), 1.0) * (outside - inside)
+
+
+def _column_at(logits: torch.Tensor, x: float) -> torch.Tensor:
+    """The (h,) logits at sub-pixel column x, linear between columns as on the way back to the source:
+    a source column lies between two logit columns, and a click refers to what the source shows."""
+    w = logits.shape[-1]
+    x = float(np.clip(x, 0, w - 1))
+    x0 = min(int(x), w - 2) if w > 1 else 0
+    fx = x - x0
+    return logits[0, 0, :, x0] * (1 - fx) + logits[0, 0, :, min(x0 + 1, w - 1)] * fx
+
+
+def _source_rows(logit_row, pixel: float):
+    return (logit_row + 0.5) / pixel - 0.5
+
+
+def _rows_to_pixel_side(logits: torch.Tensor, x: float, y: float, down: bool, grow: bool, pixel: float,
+                        threshold: float) -> int:
+    """How many whole source rows the edge must move (signed, positive = deeper) for its last pixel
+    in (a grow) or first pixel out (a shrink) to be the clicked one, read at the click's sub-pixel
+    column. `down`: the direction `move_edge` chose; 0 when the click is already on the right side."""
+    column = _column_at(logits, x)
+    run = _run_at((column > threshold).cpu().numpy(), y)
+    if run is None:
+        return 0
+    deep_edge = down == grow  # grow deeper or shrink upwards: the deep edge
+    inside = run[1] if deep_edge else run[0]
+    u = _source_rows(_crossing(column, inside, inside + (1 if deep_edge else -1), threshold), pixel)
+    boundary = np.floor(u) + 0.5 if deep_edge else np.ceil(u) - 0.5  # between its last row in and first out
+    target = _source_rows(y, pixel) + (0.5 if down else -0.5)  # the clicked pixel's far or near side
+    n = int(np.round(target - boundary))
+    return n if (n > 0) == down else 0
+
+
+def _whole_source_rows(logits: torch.Tensor, mask: np.ndarray, n_rows: int, shifts: np.ndarray, col: int,
+                       deep: bool, pixel: float, threshold: float) -> np.ndarray:
+    """Per-column logit row shifts that move each column's edge by a whole number of source rows and
+    put its threshold crossing between two source rows: `n_rows` at the clicked column `col`, and
+    elsewhere n_rows times the column's share of the shift (`shifts`: the normal's scaling), rounded.
+    Why: one logit shift moves columns whose crossings sit at different depths inside a source pixel
+    by different numbers of source rows; a one-row click then moved much of a thin surface by two
+    (session 15)."""
+    first, last, has = column_ends(mask)
+    h = logits.shape[0]
+    inside = last if deep else first
+    outside = np.clip(inside + (1 if deep else -1), 0, h - 1)
+    cols = np.arange(mask.shape[1])
+    v_in = logits[inside, cols].double().cpu().numpy() - threshold
+    v_out = logits[outside, cols].double().cpu().numpy() - threshold
+    t = np.clip(v_in / np.maximum(v_in - v_out, 1e-6), 0.0, 1.0)
+    t = np.where(outside == inside, 0.5, t)  # at the border: half a row out
+    u = _source_rows(inside + (t if deep else -t), pixel)
+    boundary = np.floor(u) + 0.5 if deep else np.ceil(u) - 0.5
+    n = np.round(n_rows * shifts / shifts[col]) if shifts[col] != 0 else np.zeros_like(shifts)
+    return np.where(has, (boundary + n - u) * pixel * (n != 0), shifts)
 
 
 def _to_logit_px(coords_px: np.ndarray, input_size: int, side: int) -> np.ndarray:
@@ -159,12 +241,15 @@ def _to_logit_px(coords_px: np.ndarray, input_size: int, side: int) -> np.ndarra
 
 
 def apply_edge_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,
-                      threshold: float = 0.0) -> torch.Tensor:
+                      threshold: float = 0.0, source_scale: float | None = None) -> torch.Tensor:
     """Edge clicks in order, each on the result of the ones before, each moving its edge by the
     click's distance along the edge's normal. coords_px: (E, 2) in model-input pixels (the logits
-    may be coarser); labels (E,): 1 grow, 0 shrink."""
+    may be coarser); labels (E,): 1 grow, 0 shrink. source_scale: model-input rows per source row
+    (ImageGeometry.row_scale); given, the edge stops exactly at the clicked source pixel's side
+    (`move_edge` pixel)."""
+    pixel = None if source_scale is None else source_scale * logits.shape[-1] / float(input_size)
     for (x, y), label in zip(_to_logit_px(coords_px, input_size, logits.shape[-1]), np.asarray(labels).reshape(-1)):
-        logits = move_edge(logits, x, y, bool(label), threshold, along_normal=True)
+        logits = move_edge(logits, x, y, bool(label), threshold, along_normal=True, pixel=pixel)
     return logits
 
 
@@ -197,9 +282,10 @@ def _value_at(logits: torch.Tensor, x: float, y: float) -> float:
 def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float = 0.0,
                     reach: float = 2 * HOLD_REACH_PX, depth_reach: float = HOLD_REACH_PX) -> torch.Tensor:
     """A foreground click in a column without mask, beyond the end of a surface: the surface goes on
-    to it. The nearest column within `reach` whose mask run lies within `depth_reach` rows of the
-    click lends its logits to every column from there to the click, drifting in depth linearly from
-    the run's middle to the click. Nothing such near: unchanged."""
+    to it. From the nearest column within `reach` whose mask run lies within `depth_reach` rows of the
+    click, the thickest of its last few columns (`_donor_column`) lends its logits to every column
+    from there to the click, drifting in depth linearly from the run's middle to the click. Nothing
+    such near: unchanged."""
     side = logits.shape[-1]
     col = int(np.clip(round(x), 0, side - 1))
     mask = (logits[0, 0] > threshold).cpu().numpy()
@@ -210,13 +296,37 @@ def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float =
             run = _run_at(mask[:, c0], y)
             if run is None or min(abs(y - run[0]), abs(y - run[1])) > depth_reach and not run[0] <= y <= run[1]:
                 continue
-            middle, out = (run[0] + run[1]) / 2.0, logits.clone()
             step = 1 if col > c0 else -1
+            c0, run = _donor_column(mask, c0, run, -step)
+            middle, out = (run[0] + run[1]) / 2.0, logits.clone()
             for c in range(c0 + step, col + step, step):
                 drift = (y - middle) * (c - c0) / float(col - c0)
                 out[..., :, c] = torch.maximum(out[..., :, c], _shift_rows(logits[..., :, c0:c0 + 1], drift)[..., 0])
             return out
     return logits
+
+
+# A surface tapers to a pixel or two at its end: extending it with its last column's logits draws a
+# line that does not survive the way back to the source (session 15: an end click 5 source columns
+# past a femoral head's end added 1 logit pixel). The thickest of its last few columns lends instead.
+DONOR_COLUMNS = 5
+
+
+def _donor_column(mask: np.ndarray, c0: int, run: tuple[int, int], inwards: int) -> tuple[int, tuple[int, int]]:
+    """The column (and its run) that lends its logits to an extension from the surface end at `c0`:
+    the thickest run among the DONOR_COLUMNS columns from c0 inwards, each the run nearest to the
+    one before (the same surface), stopping at a column without mask."""
+    best, cur = (c0, run), run
+    for c in range(c0 + inwards, c0 + inwards * DONOR_COLUMNS, inwards):
+        if not 0 <= c < mask.shape[1]:
+            break
+        nxt = _run_at(mask[:, c], (cur[0] + cur[1]) / 2.0)
+        if nxt is None or nxt[0] > cur[1] + 1 or nxt[1] < cur[0] - 1:  # not touching: another part
+            break
+        cur = nxt
+        if cur[1] - cur[0] > best[1][1] - best[1][0]:
+            best = (c, cur)
+    return best
 
 
 def _is_mid_run(column: np.ndarray, y: float) -> bool:

@@ -8,9 +8,11 @@ the number of clicks until Dice reaches T (0 when `auto` already does), capped a
 
 Readers: "tools" (the default) makes a click an end click when its error is about where the surface
 ends (it runs on past the true end, or stops short of it: sam2rad/clicks.py surface_end_click), an
-edge click when its error region is a strip along a whole edge (wants_edge_tool, sam2rad/edge_click.py),
-a point click otherwise; "points" makes every click a point click (the only reader before edge clicks
-existed)."""
+edge click when the edge it names is off along most of the surface (typical_edge_click: placed on the
+true edge where the edge is off by its median amount) or its error region is a strip along a whole
+edge (wants_edge_tool, sam2rad/edge_click.py), a point click otherwise; "points" makes every click a
+point click (the only reader before edge clicks existed). Neither clicks again into a region whose
+earlier click changed nothing there."""
 from __future__ import annotations
 
 import csv
@@ -22,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .data.datasets import Sample
-from .clicks import error_click, surface_end_click, wants_edge_tool
+from .clicks import error_click, surface_end_click, typical_edge_click, wants_edge_tool
 from .losses import box_of
 from .metrics import evaluate_pair
 from .model import Prompts, Sam2Rad
@@ -53,12 +55,16 @@ def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
                    class_index: int = 0, reader: str = "tools") -> list[np.ndarray]:
     """Masks after 1..n_clicks successive simulated clicks, starting from the `start` prediction."""
     tools: dict[str, tuple[list, list]] = {"point": ([], []), "edge": ([], []), "end": ([], [])}  # -> (xy, labels)
-    masks, current = [], start
+    masks, current, tried = [], start, []
     for _ in range(n_clicks):
-        point, label = simulated_click(current, gt)
+        point, label = simulated_click(current, gt, avoid=tried)
+        tried.append((point[0], point[1], label))
         end = surface_end_click(current, gt, point, label) if reader == "tools" else None
+        typical = typical_edge_click(current, gt, point, label) if reader == "tools" and end is None else None
         if end is not None:
             tool, point = "end", end
+        elif typical is not None:
+            tool, point = "edge", typical
         else:
             tool = "edge" if reader == "tools" and wants_edge_tool(current, gt, point, label) else "point"
         tools[tool][0].append(point)

@@ -388,7 +388,7 @@ class Sam2Rad(nn.Module):
         whole = (p.box is not None or p.mask is not None or self.click_reach_px is None or enc.auto_logits is None)
         base = logits if whole else auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
         size, thr, geom = self.backbone.input_size, self.mask_threshold, enc.geometry
-        out = base if p.edges is None else apply_edge_clicks(base, geom.to_input(p.edges), p.edge_labels, size, thr)
+        out = base if p.edges is None else apply_edge_clicks(base, geom.to_input(p.edges), p.edge_labels, size, thr, geom.row_scale)
         if pts is not None and not whole:
             out = keep_changes_at_clicks(base, logits, pts[0][0].cpu().numpy(), size, thr, self.click_reach_px, onto=out)
         if pts is not None and self.hold_window_px is not None:

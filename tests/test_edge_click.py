@@ -283,3 +283,39 @@ def test_a_point_click_on_the_shipped_model_ends_up_the_way_the_reader_said_near
     reach = int(np.ceil((HOLD_WINDOW_PX + 1) / model.encode([sample.image])[0].geometry.scale)) + 2
     far = np.abs(np.arange(auto.shape[1]) - x) > reach
     assert np.array_equal(held[:, far], plain[:, far])  # a local move: nothing changes away from the click
+
+
+def test_an_edge_click_moves_every_column_by_whole_source_rows_wherever_its_edge_sits_in_a_pixel():
+    # Soft logits whose deep edge crosses the threshold anywhere inside a row, shown on a source grid
+    # 1.25x finer (a 320-pixel frame in a 256 model input): a click one or two source rows past the
+    # edge moves nearly every column's last source row by exactly that many rows.
+    import torch.nn.functional as F
+
+    size, source_side, scale = 64, 80, 0.8
+    rows = np.arange(size)[:, None].astype(float)
+    deep = 30 + np.random.default_rng(0).uniform(0, 1, size)
+    values = np.minimum(rows - 20, deep[None, :] - rows) * 4.0
+    values[:, :8] = values[:, 56:] = -5.0
+    logits = torch.as_tensor(values, dtype=torch.float32)[None, None]
+
+    def last_rows(lg):
+        shown = (F.interpolate(lg, size=(source_side, source_side), mode="bilinear", align_corners=False)[0, 0] > 0)
+        return np.array([np.nonzero(shown[:, c].numpy())[0][-1] for c in range(14, 66)])
+
+    before = last_rows(logits)
+    for label, rows_moved in ((1, 2), (1, 1), (0, -1)):
+        col = 40
+        clicked_row = before[col - 14] + rows_moved + (0 if label else 1)  # a grow reaches it, a shrink drops it
+        model_px = (np.array([[col, clicked_row]]) + 0.5) * scale - 0.5
+        moved = apply_edge_clicks(logits, model_px, np.array([label]), size, 0.0, source_scale=scale)
+        assert np.mean(last_rows(moved) - before == rows_moved) >= 0.85
+
+
+def test_an_end_click_extends_a_tapered_surface_with_its_body_not_its_one_pixel_tip():
+    mask = _band(20, 25, x0=20, x1=56)
+    mask[:, 20:22] = False
+    mask[22, 20:22] = True  # the surface tapers to one row over its last two columns
+    extended = apply_end_clicks(_logits(mask), np.array([[14.0, 22.0]]), input_size=64)
+    for col in (15, 17, 19):
+        top, deep = _rows(extended, col)
+        assert deep - top >= 4  # as thick as the surface, not a one-row line

@@ -26,6 +26,11 @@ class ImageGeometry:
     def resized_hw(self) -> tuple[int, int]:
         return int(round(self.height * self.scale)), int(round(self.width * self.scale))
 
+    @property
+    def row_scale(self) -> float:
+        """Model-input rows per source row, as the rounded resize has it (not exactly `scale`)."""
+        return self.resized_hw[0] / self.height
+
     def to_input(self, coords_px: np.ndarray) -> np.ndarray:
         """Source pixel indices (x, y) -> model-input pixel indices, pixel centres onto pixel centres,
         with the per-axis factors of the rounded resize (what a mask's way back to the source inverts)."""

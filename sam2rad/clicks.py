@@ -88,6 +88,9 @@ def wants_edge_tool(pred: np.ndarray, gt: np.ndarray, point: list[float], label:
     return _columns_off_along_edge(pred, error, x, y, label) >= EDGE_ALONG_FRACTION * width
 
 
+EDGE_TYPICAL_SHARE = 0.5
+
+
 def typical_edge_click(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int) -> list[float] | None:
     """An edge click placed as a reader who sees one edge off along most of the surface places it:
     on the true edge, in a column where that edge is off by its typical amount, or None.
@@ -120,7 +123,8 @@ def typical_edge_click(pred: np.ndarray, gt: np.ndarray, point: list[float], lab
     else:
         err = (p_first - g_first)[cols] if label == 1 else (g_first - p_first)[cols]
     err = np.maximum(err, 0)
-    amount = int(round(float(np.median(err))))
+    # The largest move that at least EDGE_TYPICAL_SHARE of the columns need.
+    amount = max((n for n in range(1, int(err.max()) + 1) if np.mean(err >= n) >= EDGE_TYPICAL_SHARE), default=0)
     if amount < 1:
         return None
     near = cols[err == amount]

@@ -151,10 +151,10 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
         return logits
     n_rows = 0
     if pixel is not None:  # whole source rows, read where the click is
-        n_rows = _rows_to_pixel_side(logits, x, y if grow else clicked_y, shift > 0, grow, pixel, threshold)
+        n_rows, exact = _rows_to_pixel_side(logits, x, y if grow else clicked_y, shift > 0, grow, pixel, threshold)
         if n_rows == 0:
             return logits
-        shift = float(np.clip(n_rows * pixel, -MAX_MOVE_PX, MAX_MOVE_PX))
+        shift = float(np.clip(exact, -MAX_MOVE_PX, MAX_MOVE_PX))
     if reach is not None and abs(shift) > reach:  # too far from any edge to be meant for one
         return logits
     if along_normal:
@@ -194,21 +194,22 @@ def _source_rows(logit_row, pixel: float):
 
 
 def _rows_to_pixel_side(logits: torch.Tensor, x: float, y: float, down: bool, grow: bool, pixel: float,
-                        threshold: float) -> int:
+                        threshold: float) -> tuple[int, float]:
     """How many whole source rows the edge must move (signed, positive = deeper) for its last pixel
     in (a grow) or first pixel out (a shrink) to be the clicked one, read at the click's sub-pixel
-    column. `down`: the direction `move_edge` chose; 0 when the click is already on the right side."""
+    column, and the logit row shift that puts its crossing between that pixel and the next. `down`:
+    the direction `move_edge` chose; (0, 0.0) when the click is already on the right side."""
     column = _column_at(logits, x)
     run = _run_at((column > threshold).cpu().numpy(), y)
     if run is None:
-        return 0
+        return 0, 0.0
     deep_edge = down == grow  # grow deeper or shrink upwards: the deep edge
     inside = run[1] if deep_edge else run[0]
     u = _source_rows(_crossing(column, inside, inside + (1 if deep_edge else -1), threshold), pixel)
     boundary = np.floor(u) + 0.5 if deep_edge else np.ceil(u) - 0.5  # between its last row in and first out
     target = _source_rows(y, pixel) + (0.5 if down else -0.5)  # the clicked pixel's far or near side
     n = int(np.round(target - boundary))
-    return n if (n > 0) == down else 0
+    return (n, float((boundary + n - u) * pixel)) if (n > 0) == down else (0, 0.0)
 
 
 def _whole_source_rows(logits: torch.Tensor, mask: np.ndarray, n_rows: int, shifts: np.ndarray, col: int,

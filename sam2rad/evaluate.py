@@ -8,9 +8,9 @@ the number of clicks until Dice reaches T (0 when `auto` already does), capped a
 
 Readers: "tools" (the default) makes a click an end click when its error is about where the surface
 ends (it runs on past the true end, or stops short of it: sam2rad/clicks.py surface_end_click), an
-edge click when the edge it names is off along most of the surface (typical_edge_click: placed on the
-true edge where the edge is off by its median amount) or its error region is a strip along a whole
-edge (wants_edge_tool, sam2rad/edge_click.py), a point click otherwise; "points" makes every click a
+edge click (sam2rad/edge_click.py) when the edge it names is off along most of the surface
+(typical_edge_click: placed on the true edge where the edge is off by its typical amount), a point
+click otherwise; "points" makes every click a
 point click (the only reader before edge clicks existed). Neither clicks again into a region whose
 earlier click changed nothing there."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .data.datasets import Sample
-from .clicks import error_click, surface_end_click, typical_edge_click, wants_edge_tool
+from .clicks import error_click, surface_end_click, typical_edge_click
 from .losses import box_of
 from .metrics import evaluate_pair
 from .model import Prompts, Sam2Rad
@@ -66,7 +66,7 @@ def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
         elif typical is not None:
             tool, point = "edge", typical
         else:
-            tool = "edge" if reader == "tools" and wants_edge_tool(current, gt, point, label) else "point"
+            tool = "point"
         tools[tool][0].append(point)
         tools[tool][1].append(label)
         (pts, labels), (edges, edge_labels), (ends, _) = tools["point"], tools["edge"], tools["end"]

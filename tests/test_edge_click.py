@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2rad.clicks import error_click, surface_end_click, wants_edge_tool
+from sam2rad.clicks import error_click, surface_end_click, typical_edge_click
 from sam2rad.edge_click import (HOLD_REACH_PX, HOLD_WINDOW_PX, MAX_MOVE_PX, apply_edge_clicks, apply_end_clicks,
                                 hold_point_clicks, move_edge)
 from sam2rad.model import Prompts
@@ -132,29 +132,29 @@ def test_the_reader_clicks_the_middle_of_a_thin_strip_and_training_keeps_its_fir
     assert error_click(pred, gt, strip_middle=False) == ([30.0, 26.0], 1)
 
 
-def test_the_reader_takes_the_edge_tool_for_a_strip_along_the_edge_only():
+def test_the_reader_takes_the_edge_tool_only_for_an_edge_off_along_most_of_the_surface():
     pred = _band(20, 25, size=96, x0=10, x1=86)
     strip = pred.copy()
     strip[26:29, 12:80] = True  # the truth reaches 3 rows deeper along most of the surface
     point, label = error_click(pred, strip)
-    assert label == 1 and wants_edge_tool(pred, strip, point, label)
+    assert label == 1 and typical_edge_click(pred, strip, point, label)[1] == 28.0  # on the true deep edge
     broken = pred.copy()
     broken[26:29, 12:84] = True
-    broken[26:29, 30:84:18] = False  # the same edge off along most of the surface, in strips under a quarter
+    broken[26:29, 30:84:18] = False  # the same edge off along most of the surface, in pieces
     point, label = error_click(pred, broken)
-    assert wants_edge_tool(pred, broken, point, label)
+    assert typical_edge_click(pred, broken, point, label) is not None
     sliver = pred.copy()
     sliver[26:29, 40:46] = True  # the same error over 6 columns: a point click
     point, label = error_click(pred, sliver)
-    assert not wants_edge_tool(pred, sliver, point, label)
+    assert typical_edge_click(pred, sliver, point, label) is None
     piece = pred.copy()
     piece[60:70, 90:95] = True  # a missed piece where the mask has no column: a point click
     point, label = error_click(pred, piece)
-    assert not wants_edge_tool(pred, piece, point, label)
+    assert typical_edge_click(pred, piece, point, label) is None
     too_long = pred.copy()
     too_long[:, 50:] = False  # the mask runs on 36 columns past the surface's end: that whole run is
     point, label = error_click(pred, too_long)  # false, so there is no edge to move there
-    assert label == 0 and not wants_edge_tool(pred, too_long, point, label)
+    assert label == 0 and typical_edge_click(pred, too_long, point, label) is None
 
 
 def test_a_background_click_in_the_middle_of_a_run_cuts_the_surface_back_outwards():

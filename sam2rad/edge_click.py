@@ -6,11 +6,11 @@ shallow) edge one to three pixels off along the whole surface, which is where th
 generators' labels differ. A point click on such a strip changes a few pixels next to it (+0.004
 Dice on the demo model's 20 held-out B images). Moving the edge nearest to the click along the
 whole mask to the click gained +0.048 for the first click on the same images (session 12), and
-+0.080 since session 15, where the simulated reader clicks the true edge at a column where the edge
-is off by its typical amount (sam2rad/clicks.py typical_edge_click; README). On the model's own generator the errors
-are short slivers and a whole-edge move there makes most images worse (65 % of A images, simulated
-for every click near an edge), so it is a separate tool the reader picks, not what a point click
-does.
++0.080 since session 15, where the simulated reader clicks the true edge at a column where the
+edge is off by its typical amount (sam2rad/clicks.py typical_edge_click; README). On the model's
+own generator the errors are short slivers and a whole-edge move there makes most images worse
+(65 % of A images, simulated for every click near an edge), so it is a separate tool the reader
+picks, not what a point click does.
 
 A point click still goes to the decoder first. Where the decoder did not follow it (the clicked
 pixel still on the wrong side, as for most point clicks on B), the same move is made locally: the

@@ -345,7 +345,8 @@ def cut_back_at_click(logits: torch.Tensor, x: float, y: float, threshold: float
     mask's largest piece (the surface: a click on a piece beyond its end at that piece's near end
     takes the whole piece); unless that part is more than `reach` columns long (None: any length).
     With `false_pieces`, a piece under a quarter of the largest's size goes whole (a point click on a
-    false part; a second bone is not that small). Other parts in those columns stay."""
+    false part; a second bone is not that small), and so does one apart from the largest clicked in
+    its middle half (a click near a piece's end says where it ends). Other parts in those columns stay."""
     side = logits.shape[-1]
     mask = (logits[0, 0] > threshold).cpu().numpy()
     col = int(np.clip(round(x), 0, side - 1))
@@ -355,10 +356,13 @@ def cut_back_at_click(logits: torch.Tensor, x: float, y: float, threshold: float
     pieces, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     piece = pieces == pieces[int(np.clip(round(y), run[0], run[1])), col]
     largest = pieces == 1 + int(np.argmax(ndimage.sum(mask, pieces, range(1, n + 1))))
-    if false_pieces and piece.sum() * 4 <= largest.sum():  # a small piece beside the surface
+    cols = np.nonzero(piece.any(axis=0))[0]
+    # A click in the middle half of a piece other than the largest says the piece is not bone (near
+    # its end, it says where the piece ends: a second bone's overrun).
+    inner = min(col - cols[0], cols[-1] - col) > (cols[-1] - cols[0] + 1) / 4.0
+    if false_pieces and (piece.sum() * 4 <= largest.sum() or (inner and not (piece & largest).any())):
         cut = piece
     else:
-        cols = np.nonzero(piece.any(axis=0))[0]
         outwards = col >= np.nonzero(largest)[1].mean()
         if reach is not None and (cols[-1] - col if outwards else col - cols[0]) > reach:  # mid-surface: not an end
             return logits

@@ -180,6 +180,14 @@ def test_a_background_click_in_the_middle_of_a_false_piece_removes_the_whole_pie
     logits = _logits(mask)
     cut = hold_point_clicks(logits, np.array([[22.0, 42.0]]), np.array([0]), input_size=64)
     assert np.array_equal((cut[0, 0] > 0).numpy(), _band(20, 25, x0=8, x1=56))
+    # A piece over a quarter of the surface's size (ribs come in pieces) goes whole too when the click
+    # is in its middle half; near its end the click only says where it ends, and it is cut back there.
+    big = mask.copy()
+    big[40:45, 12:52] = True
+    whole = (hold_point_clicks(_logits(big), np.array([[30.0, 42.0]]), np.array([0]), input_size=64)[0, 0] > 0).numpy()
+    assert np.array_equal(whole, _band(20, 25, x0=8, x1=56))
+    end = (hold_point_clicks(_logits(big), np.array([[48.0, 42.0]]), np.array([0]), input_size=64)[0, 0] > 0).numpy()
+    assert end[40:45, 12:48].all() and not end[40:45, 48:52].any()
 
 
 def test_an_end_click_cuts_a_surface_back_or_extends_it_to_the_click():

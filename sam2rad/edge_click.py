@@ -174,9 +174,18 @@ def _crossing(column: torch.Tensor, inside: int, outside: int, threshold: float)
     neighbouring row `outside` (linear between rows; half a row out at the border)."""
     if not 0 <= outside < column.shape[0]:
         return inside + 0.5 * (outside - inside)
-    v_in, v_out = float(column[inside]), float(column[outside])
-    t = (v_in - threshold) / max(v_in - v_out, 1e-6)
-    return inside + min(max(t, 0.0), 1.0) * (outside - inside)
+    return inside + float(_crossing_fraction(float(column[inside]), float(column[outside]), threshold)) * (outside - inside)
+
+
+def _crossing_fraction(v_in, v_out, threshold: float):
+    """How far from the row inside to the row outside (0..1) the logits cross `threshold`, linearly."""
+    return np.clip((np.asarray(v_in) - threshold) / np.maximum(np.asarray(v_in) - np.asarray(v_out), 1e-6), 0.0, 1.0)
+
+
+def _pixel_boundary(u, deep: bool):
+    """The source-row boundary just past the edge's last row in (deep) or before its first (shallow),
+    for a threshold crossing at source row u: the rows whose centres lie inside are the mask's."""
+    return np.floor(u) + 0.5 if deep else np.ceil(u) - 0.5
 
 
 def _column_at(logits: torch.Tensor, x: float) -> torch.Tensor:
@@ -186,7 +195,7 @@ def _column_at(logits: torch.Tensor, x: float) -> torch.Tensor:
     x = float(np.clip(x, 0, w - 1))
     x0 = min(int(x), w - 2) if w > 1 else 0
     fx = x - x0
-    return logits[0, 0, :, x0] * (1 - fx) + logits[0, 0, :, min(x0 + 1, w - 1)] * fx
+    return logits[0, 0, :, x0].double() * (1 - fx) + logits[0, 0, :, min(x0 + 1, w - 1)].double() * fx
 
 
 def _source_rows(logit_row, pixel: float):
@@ -206,7 +215,7 @@ def _rows_to_pixel_side(logits: torch.Tensor, x: float, y: float, down: bool, gr
     deep_edge = down == grow  # grow deeper or shrink upwards: the deep edge
     inside = run[1] if deep_edge else run[0]
     u = _source_rows(_crossing(column, inside, inside + (1 if deep_edge else -1), threshold), pixel)
-    boundary = np.floor(u) + 0.5 if deep_edge else np.ceil(u) - 0.5  # between its last row in and first out
+    boundary = _pixel_boundary(u, deep_edge)
     target = _source_rows(y, pixel) + (0.5 if down else -0.5)  # the clicked pixel's far or near side
     n = int(np.round(target - boundary))
     return (n, float((boundary + n - u) * pixel)) if (n > 0) == down else (0, 0.0)
@@ -225,12 +234,11 @@ def _whole_source_rows(logits: torch.Tensor, mask: np.ndarray, n_rows: int, shif
     inside = last if deep else first
     outside = np.clip(inside + (1 if deep else -1), 0, h - 1)
     cols = np.arange(mask.shape[1])
-    v_in = logits[inside, cols].double().cpu().numpy() - threshold
-    v_out = logits[outside, cols].double().cpu().numpy() - threshold
-    t = np.clip(v_in / np.maximum(v_in - v_out, 1e-6), 0.0, 1.0)
+    t = _crossing_fraction(logits[inside, cols].double().cpu().numpy(), logits[outside, cols].double().cpu().numpy(),
+                           threshold)
     t = np.where(outside == inside, 0.5, t)  # at the border: half a row out
     u = _source_rows(inside + (t if deep else -t), pixel)
-    boundary = np.floor(u) + 0.5 if deep else np.ceil(u) - 0.5
+    boundary = _pixel_boundary(u, deep)
     n = np.round(n_rows * shifts / shifts[col]) if shifts[col] != 0 else np.zeros_like(shifts)
     return np.where(has, (boundary + n - u) * pixel * (n != 0), shifts)
 
@@ -270,14 +278,12 @@ END_REACH_PX = 64.0  # logit columns: an end click beyond a surface's end extend
 
 def _value_at(logits: torch.Tensor, x: float, y: float) -> float:
     """The (1, 1, h, w) logits at a sub-pixel position, interpolated like the mask's way back to the source."""
-    h, w = logits.shape[-2:]
-    x, y = float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1))
-    x0, y0 = min(int(x), w - 2) if w > 1 else 0, min(int(y), h - 2) if h > 1 else 0
-    fx, fy = x - x0, y - y0
-    patch = logits[0, 0, y0:y0 + 2, x0:x0 + 2].double()
-    top = patch[0, 0] * (1 - fx) + patch[0, -1] * fx
-    bottom = patch[-1, 0] * (1 - fx) + patch[-1, -1] * fx
-    return float(top * (1 - fy) + bottom * fy)
+    column = _column_at(logits, x)
+    h = column.shape[0]
+    y = float(np.clip(y, 0, h - 1))
+    y0 = min(int(y), h - 2) if h > 1 else 0
+    fy = y - y0
+    return float(column[y0] * (1 - fy) + column[min(y0 + 1, h - 1)] * fy)
 
 
 def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float = 0.0,

@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from .checkpoint import CheckpointError, read_card
@@ -76,3 +77,39 @@ def apply_init(model: Sam2Rad, init: str | None) -> str:
         raise CheckpointError(f"{path}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}")
     name = "the shipped pretrained PPN and refiner" if init in ("auto", "pretrained") else str(path)
     return f"started from {name} ({path.name})"
+
+
+# Weight-space ensembling with the start (WiSE-FT, Wortsman et al., CVPR 2022): the weights kept after
+# few-shot training lie this share of the way back towards the trained start. Why: 10 images pull the
+# start towards themselves; part of what it knew about bone surfaces elsewhere is worth keeping.
+# Measured (session 16; the start alone, the demo and the B -> B model, the same 20 held-out images,
+# `auto` Dice at shares 0 / 0.1 / 0.15 / 0.2 / 0.25 / 0.35 / 0.5): B -> B 0.872 / 0.878 / 0.879 /
+# 0.879 / 0.877 / 0.867 / 0.849; A -> B 0.756 / - / - / 0.760 / 0.761 / - / 0.758; A -> A 0.931 /
+# 0.932 / - / - / 0.934 / - / - (README, session 16).
+FEW_SHOT_START_SHARE = 0.2
+
+
+def start_state(model: Sam2Rad) -> dict[str, torch.Tensor]:
+    """A copy of the trainable weights as they are now (the start, before training moves them)."""
+    return {k: v.detach().clone() for k, v in model.trainable_state().items()}
+
+
+def resolve_start_share(share: float | None, init_note: str, n_train: int, few_shot: int) -> float:
+    """The share used: `share` as given; None: FEW_SHOT_START_SHARE for up to `few_shot` images from
+    trained weights, 0 otherwise (random weights hold nothing worth keeping; many images need no
+    anchor, and a pretraining stage should move fully)."""
+    if share is not None:
+        return float(share)
+    trained = not init_note.startswith(RANDOM_START)
+    return FEW_SHOT_START_SHARE if trained and n_train <= few_shot else 0.0
+
+
+def blend_with_start(model: Sam2Rad, start: dict[str, torch.Tensor] | None, share: float) -> None:
+    """Move the model's trainable weights `share` of the way back to `start` (in place)."""
+    if start is None or share == 0.0:
+        return
+    now = model.trainable_state()
+    if now.keys() != start.keys():
+        raise CheckpointError("the start's tensors differ from the model's: cannot blend them")
+    model.load_trainable_state({k: v + (start[k].to(v.device, v.dtype) - v) * share if v.is_floating_point() else v
+                                for k, v in now.items()})

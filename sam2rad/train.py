@@ -33,7 +33,7 @@ from .metrics import dice
 from .model import Sam2Rad, build_sam2rad
 from .ppn import PPNConfig
 from .refine import RefinerConfig
-from .init_weights import FROM_SCRATCH_LR, apply_init, default_lr
+from .init_weights import FROM_SCRATCH_LR, apply_init, blend_with_start, default_lr, resolve_start_share, start_state
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
            "training_click", "augment"]
@@ -53,6 +53,8 @@ class TrainConfig:
     epochs: int = 100  # a fixed schedule: with <= 20 images nothing is held out to pick an epoch
     batch_size: int = 4
     lr: float | None = None  # None: by the start (init_weights.default_lr: 3e-4 from trained weights, else 1e-3)
+    # The final weights lie this share of the way back to a trained start (init_weights.blend_with_start).
+    start_share: float | None = None  # None: 0.2 for <= SMALL_DATASET images from trained weights, else 0
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     augment_copies: int = 8  # encoded versions of each training image (copy 0 is the original)
@@ -113,6 +115,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.epochs < 1 or self.batch_size < 1 or self.augment_copies < 1 or self.val_every < 1:
             raise ValueError("epochs, batch_size, augment_copies and val_every must be >= 1")
+        if self.start_share is not None and not 0.0 <= self.start_share < 1.0:
+            raise ValueError(f"start_share must be in [0, 1), got {self.start_share}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.click_rounds < 1:
@@ -165,8 +169,9 @@ class Trainer:
                                   checkpoint=cfg.backbone_checkpoint, input_size=cfg.input_size, pretrained=pretrained)
             self.init_note = apply_init(model, cfg.init)
             lr = default_lr(self.init_note)
+            self.start = start_state(model)
         else:
-            self.init_note = "the model given to the Trainer"
+            self.init_note, self.start = "the model given to the Trainer", None
         if cfg.lr is None:  # the card then records the rate used
             self.cfg = cfg = replace(cfg, lr=lr)
         self.model = model
@@ -373,6 +378,9 @@ class Trainer:
             self.model.load_trainable_state(best[2])
         else:  # no validation: a fixed schedule, the final weights
             best = (float("nan"), cfg.epochs, None, 0.0)
+        share = resolve_start_share(cfg.start_share, self.init_note, len(train), SMALL_DATASET) if self.start else 0.0
+        self.cfg = replace(cfg, start_share=share)  # the card records the share used
+        blend_with_start(self.model, self.start, self.cfg.start_share)
         elapsed = time.perf_counter() - start
         self.model.eval()
         # What "sure" means for these weights: their scores on the images they learned from (an even

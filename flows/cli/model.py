@@ -21,6 +21,7 @@ def train(
     init: Optional[str] = typer.Option(None, help="Starting weights: auto (default: the shipped PPN and refiner pretrained on 300 generated images, where they fit the backbone and classes; else random), pretrained (that, or an error), none (random), or a checkpoint path to fine-tune."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (one pass over the training images each)."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule with warm-up). Default: 3e-4 when training starts from trained weights (the shipped start or a checkpoint), 1e-3 from random weights."),
+    start_share: Optional[float] = typer.Option(None, help="The final weights lie this share of the way back to the trained start (weight-space ensembling: what the start knew about other images is partly kept). Default: 0.2 for 20 or fewer images from trained weights, else 0; 0 keeps the trained weights as they are."),
     batch_size: Optional[int] = typer.Option(None, help="Images per optimiser step."),
     augment_copies: Optional[int] = typer.Option(None, help="Encoded versions of each training image (augmentations cached)."),
     val_every: Optional[int] = typer.Option(None, help="Validate every K epochs; the best checkpoint is kept."),
@@ -40,7 +41,7 @@ def train(
 
     torch.set_num_threads(threads)
     flags = dict(backbone=backbone, backbone_checkpoint=backbone_checkpoint, input_size=input_size, init=init, epochs=epochs,
-                 lr=lr, batch_size=batch_size, augment_copies=augment_copies, val_every=val_every, cache=cache,
+                 lr=lr, start_share=start_share, batch_size=batch_size, augment_copies=augment_copies, val_every=val_every, cache=cache,
                  cache_dir=cache_dir, seed=seed)
     try:
         cfg = train_config_from(config, flags)
@@ -57,14 +58,18 @@ def train(
         fail(str(exc))
     typer.echo(f"starting weights: {trainer.init_note}; learning rate {trainer.cfg.lr:g}")
     result = trainer.fit(train_set, val_set)
+    if trainer.cfg.start_share:
+        typer.echo(f"final weights moved {trainer.cfg.start_share:g} of the way back to the start (--start-share)")
     summary = training_summary(train_set, val_set, trainer.cfg, result, source) | {"plan": plan.note}
     card = save_checkpoint(result.model, out, summary,
                            {"best_val_dice_auto": result.best_val_dice} if val_set else {})
     if val_set:
-        typer.echo(f"best validation Dice (auto) {result.best_val_dice:.3f} at epoch {result.best_epoch}; "
+        before = " (before the blend with the start)" if trainer.cfg.start_share else ""
+        typer.echo(f"best validation Dice (auto) {result.best_val_dice:.3f}{before} at epoch {result.best_epoch}; "
                    f"{result.seconds:.0f} s; {result.encodings} encoder passes")
     else:
-        typer.echo(f"trained {result.best_epoch} epochs on all {len(train_set)} images, final weights kept; "
+        kept = "final weights kept" if not trainer.cfg.start_share else "final weights blended with the start"
+        typer.echo(f"trained {result.best_epoch} epochs on all {len(train_set)} images, {kept}; "
                    f"{result.seconds:.0f} s; {result.encodings} encoder passes")
     typer.echo(f"wrote {out} (+ {out.with_suffix('.json').name}), backbone {card.backbone_fingerprint}")
 

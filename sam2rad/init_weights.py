@@ -85,7 +85,8 @@ def apply_init(model: Sam2Rad, init: str | None) -> str:
 # Measured (session 16; the start alone, the demo and the B -> B model, the same 20 held-out images,
 # `auto` Dice at shares 0 / 0.1 / 0.15 / 0.2 / 0.25 / 0.35 / 0.5): B -> B 0.872 / 0.878 / 0.879 /
 # 0.879 / 0.877 / 0.867 / 0.849; A -> B 0.756 / - / - / 0.760 / 0.761 / - / 0.758; A -> A 0.931 /
-# 0.932 / - / - / 0.934 / - / - (README, session 16).
+# 0.932 / - / - / 0.934 / - / - (README, session 16). Over 3 training seeds B -> B gains +0.005 to
+# +0.007 each (0.870 -> 0.876); A -> B +0.003, +0.003 and -0.000 (within a run's noise).
 FEW_SHOT_START_SHARE = 0.2
 
 

@@ -82,7 +82,7 @@ def apply_init(model: Sam2Rad, init: str | None) -> str:
 # Weight-space ensembling with the start (WiSE-FT, Wortsman et al., CVPR 2022): the weights kept after
 # few-shot training lie this share of the way back towards the trained start. Why: 10 images pull the
 # start towards themselves; part of what it knew about bone surfaces elsewhere is worth keeping.
-# Measured (session 16; the start alone, the demo and the B -> B model, the same 20 held-out images,
+# Measured (session 16; the demo and the B -> B model blended afterwards, the same 20 held-out images,
 # `auto` Dice at shares 0 / 0.1 / 0.15 / 0.2 / 0.25 / 0.35 / 0.5): B -> B 0.872 / 0.878 / 0.879 /
 # 0.879 / 0.877 / 0.867 / 0.849; A -> B 0.756 / - / - / 0.760 / 0.761 / - / 0.758; A -> A 0.931 /
 # 0.932 / - / - / 0.934 / - / - (README, session 16). Over 3 training seeds B -> B gains +0.005 to

@@ -11,8 +11,10 @@ from moves made exactly (whole pixels, no decoder, no logits):
 - "local": one edge moves by its error at one column, over LOCAL_HALF_WIDTH columns either side,
   as a held point click moves an edge locally (there tapered).
 Masks are taken one run per column (first to last row), which bone surfaces are; the starting
-Dice is that of this filled mask. Greedy choice is not always the best sequence, so this is an
-estimate of the ceiling, not a bound; a real reader without the truth stays below it.
+Dice is that of this filled mask. Greedy choice is not always the best sequence, and the real tools
+can do what these moves cannot (point clicks through the decoder, edge moves scaled along the edge's
+normal), so this is an estimate of the ceiling, not a bound: on B -> B the simulated reader beats
+the oracle's surface and end moves alone (README, session 16).
 """
 from __future__ import annotations
 

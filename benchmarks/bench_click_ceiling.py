@@ -50,11 +50,12 @@ def main() -> None:
         for s in tqdm(samples, desc=spec, unit="img"):
             pred, gt = model.predict(s.image, "auto")[0].masks[0], np.asarray(s.mask) > 0
             for name, tools in TOOL_SETS.items():
-                trace = oracle_clicks(pred, gt, tools, target=0.90, cap=args.cap)
+                # Greedy: the trace to Dice 1 passes 0.85 and 0.90 where shorter ones would stop.
+                trace = oracle_clicks(pred, gt, tools, target=1.0, cap=args.cap)
                 noc[name][0].append(trace.clicks_to(0.85, args.cap))
                 noc[name][1].append(trace.clicks_to(0.90, args.cap))
             auto.append(trace.dice[0])
-            final.append(oracle_clicks(pred, gt, TOOL_SETS["+local"], target=1.0, cap=args.cap).dice[-1])
+            final.append(trace.dice[-1])  # the last tool set's: every tool
         cells = "  ".join(f"{np.mean(a):>8.2f} / {np.mean(b):<6.2f}" for a, b in noc.values())
         lines.append(f"{spec:16s} {len(samples):3d} {np.mean(auto):6.3f}  {reader:>15s}  {cells}  {np.mean(final):15.3f}")
     print(header)

@@ -58,8 +58,6 @@ def train(
         fail(str(exc))
     typer.echo(f"starting weights: {trainer.init_note}; learning rate {trainer.cfg.lr:g}")
     result = trainer.fit(train_set, val_set)
-    if trainer.cfg.start_share:
-        typer.echo(f"final weights moved {trainer.cfg.start_share:g} of the way back to the start (--start-share)")
     summary = training_summary(train_set, val_set, trainer.cfg, result, source) | {"plan": plan.note}
     card = save_checkpoint(result.model, out, summary,
                            {"best_val_dice_auto": result.best_val_dice} if val_set else {})
@@ -68,7 +66,8 @@ def train(
         typer.echo(f"best validation Dice (auto) {result.best_val_dice:.3f}{before} at epoch {result.best_epoch}; "
                    f"{result.seconds:.0f} s; {result.encodings} encoder passes")
     else:
-        kept = "final weights kept" if not trainer.cfg.start_share else "final weights blended with the start"
+        share = trainer.cfg.start_share
+        kept = f"final weights moved {share:g} of the way back to the start (--start-share)" if share else "final weights kept"
         typer.echo(f"trained {result.best_epoch} epochs on all {len(train_set)} images, {kept}; "
                    f"{result.seconds:.0f} s; {result.encodings} encoder passes")
     typer.echo(f"wrote {out} (+ {out.with_suffix('.json').name}), backbone {card.backbone_fingerprint}")

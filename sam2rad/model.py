@@ -383,14 +383,15 @@ class Sam2Rad(nn.Module):
 
     def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, pts, p: Prompts) -> torch.Tensor:
         """Clicks: auto's mask with its edges moved to the edge clicks (sam2rad/edge_click.py), plus the
-        point clicks' changes that touch them, then point clicks the decoder left wrong held by a local
+        point clicks' changes that touch them (each its own way), then clicks the decoder left wrong held by a local
         edge move, then end clicks. With a reader's box or mask the decoded mask is taken whole."""
         whole = (p.box is not None or p.mask is not None or self.click_reach_px is None or enc.auto_logits is None)
         base = logits if whole else auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
         size, thr, geom = self.backbone.input_size, self.mask_threshold, enc.geometry
         out = base if p.edges is None else apply_edge_clicks(base, geom.to_input(p.edges), p.edge_labels, size, thr, geom.row_scale)
         if pts is not None and not whole:
-            out = keep_changes_at_clicks(base, logits, pts[0][0].cpu().numpy(), size, thr, self.click_reach_px, onto=out)
+            xy, labels = pts[0][0].cpu().numpy(), pts[1][0].cpu().numpy()
+            out = keep_changes_at_clicks(base, logits, xy, size, thr, self.click_reach_px, onto=out, labels=labels)
         if pts is not None and self.hold_window_px is not None:
             out = hold_point_clicks(out, geom.to_input(p.points), p.labels, size, thr, self.hold_window_px)
         return out if p.ends is None else apply_end_clicks(out, geom.to_input(p.ends), size, thr)  # the last word on extent

@@ -37,6 +37,23 @@ def test_a_remove_click_takes_the_removal_and_clicks_scale_to_coarser_logits():
     assert got[4:8, 2:10].all()
 
 
+def test_with_labels_each_click_keeps_only_changes_in_its_own_direction():
+    base = np.zeros((32, 32), bool)
+    base[10:14, 2:30] = True  # a thin surface, rows 10-13
+    new = base.copy()
+    new[14, 8:20] = True  # the reader's foreground click on the missed deep row is followed ...
+    new[13, 20:26] = False  # ... and the stretch beside it lost its deep row, touching the addition
+    click = np.array([[14.0, 14.0]])
+    undirected = keep_changes_at_clicks(_logits(base), _logits(new), click, input_size=32)[0, 0].numpy() > 0
+    assert not undirected[13, 20:26].any()  # one region to the undirected rule: the loss came along
+    got = keep_changes_at_clicks(_logits(base), _logits(new), click, input_size=32, labels=np.array([1]))[0, 0].numpy() > 0
+    assert got[14, 8:20].all()  # the addition the click asked for
+    assert got[13, 20:26].all()  # no loss from a foreground click
+    # A background click in the same place takes no addition, and no removal it does not touch.
+    bg = keep_changes_at_clicks(_logits(base), _logits(new), click, input_size=32, labels=np.array([0]))
+    assert torch.equal(bg, _logits(base))
+
+
 def test_no_change_at_the_click_leaves_auto_as_it_was():
     base = np.zeros((32, 32), bool)
     base[4:8, 2:30] = True

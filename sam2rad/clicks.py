@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .edge_click import column_ends
+from .edge_click import column_ends, run_at
 
 
 def error_click(pred: np.ndarray, gt: np.ndarray, strip_middle: bool = True,
@@ -110,11 +110,9 @@ def typical_edge_click(pred: np.ndarray, gt: np.ndarray, point: list[float], lab
 
 
 def _middle_row(mask: np.ndarray, col: int, y: float) -> float:
-    """The middle of the column's mask run nearest to row y."""
-    rows = np.nonzero(mask[:, col])[0]
-    runs = np.split(rows, np.nonzero(np.diff(rows) > 1)[0] + 1)
-    run = min(runs, key=lambda r: abs((r[0] + r[-1]) / 2.0 - y))
-    return float((run[0] + run[-1]) / 2.0)
+    """The middle of the column's mask run holding row y, or the nearest one (edge_click.run_at)."""
+    top, deep = run_at(mask[:, col], y)
+    return (top + deep) / 2.0
 
 
 def surface_end_click(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int) -> list[float] | None:

@@ -63,7 +63,7 @@ def _shift_rows(logits: torch.Tensor, amount: float) -> torch.Tensor:
     return out
 
 
-def _run_at(column: np.ndarray, y: float) -> tuple[int, int] | None:
+def run_at(column: np.ndarray, y: float) -> tuple[int, int] | None:
     """(top, deep) rows of the column's mask run holding the click, or the nearest one."""
     rows = np.nonzero(column)[0]
     if len(rows) == 0:
@@ -131,7 +131,7 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
     s = logits.shape[-1]
     col = int(np.clip(round(x), 0, s - 1))
     mask = (logits[0, 0] > threshold).cpu().numpy()
-    run = _run_at(mask[:, col], y)
+    run = run_at(mask[:, col], y)
     if run is None:
         return logits
     top, deep = run
@@ -209,7 +209,7 @@ def _rows_to_pixel_side(logits: torch.Tensor, x: float, y: float, down: bool, gr
     column, and the logit row shift that puts its crossing between that pixel and the next. `down`:
     the direction `move_edge` chose; (0, 0.0) when the click is already on the right side."""
     column = _column_at(logits, x)
-    run = _run_at((column > threshold).cpu().numpy(), y)
+    run = run_at((column > threshold).cpu().numpy(), y)
     if run is None:
         return 0, 0.0
     deep_edge = down == grow  # grow deeper or shrink upwards: the deep edge
@@ -300,7 +300,7 @@ def extend_to_click(logits: torch.Tensor, x: float, y: float, threshold: float =
         for c0 in (col - dist, col + dist):
             if not 0 <= c0 < side:
                 continue
-            run = _run_at(mask[:, c0], y)
+            run = run_at(mask[:, c0], y)
             if run is None or min(abs(y - run[0]), abs(y - run[1])) > depth_reach and not run[0] <= y <= run[1]:
                 continue
             step = 1 if col > c0 else -1
@@ -327,7 +327,7 @@ def _donor_column(mask: np.ndarray, c0: int, run: tuple[int, int], inwards: int)
     for c in range(c0 + inwards, c0 + inwards * DONOR_COLUMNS, inwards):
         if not 0 <= c < mask.shape[1]:
             break
-        nxt = _run_at(mask[:, c], (cur[0] + cur[1]) / 2.0)
+        nxt = run_at(mask[:, c], (cur[0] + cur[1]) / 2.0)
         if nxt is None or nxt[0] > cur[1] + 1 or nxt[1] < cur[0] - 1:  # not touching: another part
             break
         cur = nxt
@@ -340,7 +340,7 @@ def _is_mid_run(column: np.ndarray, y: float) -> bool:
     """The click lies in a mask run, a pixel or more inside both its edges and within a pixel of its
     middle: a reader clicking the middle of a run says none of it belongs there (a click on a strip
     along one edge lands on that edge's pixels)."""
-    run = _run_at(column, y)
+    run = run_at(column, y)
     return run is not None and run[0] + 1 <= y <= run[1] - 1 and abs(y - (run[0] + run[1]) / 2.0) <= 1.0
 
 
@@ -356,7 +356,7 @@ def cut_back_at_click(logits: torch.Tensor, x: float, y: float, threshold: float
     side = logits.shape[-1]
     mask = (logits[0, 0] > threshold).cpu().numpy()
     col = int(np.clip(round(x), 0, side - 1))
-    run = _run_at(mask[:, col], y)
+    run = run_at(mask[:, col], y)
     if run is None:
         return logits
     pieces, n = ndimage.label(mask, structure=np.ones((3, 3), bool))

@@ -50,8 +50,9 @@ def keep_changes_at_clicks(base: torch.Tensor, new: torch.Tensor, coords_px: np.
     moved edge come along with it (what the mask's way back to the source interpolates).
     labels: (P,) 1 foreground, 0 background. Given, a click keeps only changes in its direction: what
     was added, in regions touching a foreground click, and what was removed, in regions touching a
-    background one. Why: the decoder answers a click on one edge of a thin surface by moving both, and
-    a region of additions and removals side by side is one region to the undirected rule (session 17).
+    background one. Why: the decoder answers a click on one stretch of a thin surface by also moving
+    the stretch beside it the other way, and additions and removals side by side are one region to the
+    undirected rule (session 17).
     """
     onto = base if onto is None else onto
     old_mask = (base[0, 0] > threshold).cpu().numpy()

@@ -382,9 +382,9 @@ class Sam2Rad(nn.Module):
             self._remember_auto([enc], self._decode_auto(enc.features, self._mirrored_batch([enc])))
 
     def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, pts, p: Prompts) -> torch.Tensor:
-        """Clicks: auto's mask with its edges moved to the edge clicks (sam2rad/edge_click.py), plus the
-        point clicks' changes that touch them (each its own way), then clicks the decoder left wrong held by a local
-        edge move, then end clicks. With a reader's box or mask the decoded mask is taken whole."""
+        """Clicks: auto's mask with its edges moved to the edge clicks (sam2rad/edge_click.py), plus the point
+        clicks' changes that touch them, each in its own direction, then point clicks the decoder left wrong held
+        by a local edge move, then end clicks. With a reader's box or mask the decoded mask is taken whole."""
         whole = (p.box is not None or p.mask is not None or self.click_reach_px is None or enc.auto_logits is None)
         base = logits if whole else auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
         size, thr, geom = self.backbone.input_size, self.mask_threshold, enc.geometry

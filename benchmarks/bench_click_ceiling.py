@@ -24,6 +24,7 @@ from sam2rad.checkpoint import load_checkpoint
 from sam2rad.click_ceiling import oracle_clicks
 from sam2rad.data.specs import load_spec
 from sam2rad.evaluate import click_statistics, evaluate_model
+from sam2rad.metrics import dice
 
 TOOL_SETS = {"surface": ("surface",), "+end": ("surface", "end"), "+local": ("surface", "end", "local")}
 
@@ -60,7 +61,7 @@ def main() -> None:
                 noc[name][1].append(trace.clicks_to(0.90, args.cap))
             auto.append(trace.dice[0])
             final.append(trace.dice[-1])  # the last tool set's: every tool
-            if 2 * (pred & gt).sum() < 0.85 * (pred.sum() + gt.sum()):  # auto's own Dice, as the reader's figure
+            if dice(pred, gt) < 0.85:  # auto's own Dice, as the reader's figure counts weak images
                 first.append(trace.dice[1] - trace.dice[0] if len(trace.dice) > 1 else 0.0)
         cells = "  ".join(f"{np.mean(a):>8.2f} / {np.mean(b):<6.2f}" for a, b in noc.values())
         oracle_first = f"{np.mean(first):+.3f} ({len(first)} images)" if first else "no image < 0.85"

@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs each, 5 training / 4 test images")
     ap.add_argument("--only", choices=("sam2rad", "unet"), default=None)
     ap.add_argument("--init", default=None, help="Sam2Rad starting weights (TrainConfig.init; default auto: the "
-                    "shipped PPN pretrained on 300 generated A images). With it, rows tested on A are not "
+                    "shipped PPN pretrained on 600 generated A images). With it, rows tested on A are not "
                     "A-unseen: the start saw other A images. 'none' for 10 images and nothing else.")
     ap.add_argument("--flip", choices=("both", "on", "off"), default="both",
                     help="both models without and/or with the test-time flip (Sam2Rad: 2x encoder), same trained models")

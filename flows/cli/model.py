@@ -18,7 +18,7 @@ def train(
     backbone: Optional[str] = typer.Option(None, help="litemedsam (default) or sam2[.1]_hiera_{t,s,b+,l}."),
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones (never downloaded)."),
     input_size: Optional[int] = typer.Option(None, help="SAM2 input size: 512 or 1024."),
-    init: Optional[str] = typer.Option(None, help="Starting weights: auto (default: the shipped PPN and refiner pretrained on 300 generated images, where they fit the backbone and classes; else random), pretrained (that, or an error), none (random), or a checkpoint path to fine-tune."),
+    init: Optional[str] = typer.Option(None, help="Starting weights: auto (default: the shipped PPN and refiner pretrained on 600 generated images, where they fit the backbone and classes; else random), pretrained (that, or an error), none (random), or a checkpoint path to fine-tune."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (one pass over the training images each)."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule with warm-up). Default: 3e-4 when training starts from trained weights (the shipped start or a checkpoint), 1e-3 from random weights."),
     start_share: Optional[float] = typer.Option(None, help="The final weights lie this share of the way back to the trained start (weight-space ensembling: what the start knew about other images is partly kept). Default: 0.2 for 20 or fewer images from trained weights, else 0; 0 keeps the trained weights as they are."),

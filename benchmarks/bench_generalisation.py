@@ -225,8 +225,13 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
                     help="train nothing: pool the per_image.csv of earlier runs' --out folders into one table")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where both models train and run")
+    ap.add_argument("--test-seed", type=int, default=TEST_SEED,
+                    help=f"base seed of the held-out images (default {TEST_SEED}; the README's blind sets use 9). "
+                    f"Must differ from the training seed {TRAIN_SEED}")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_generalisation"))
     args = ap.parse_args()
+    if args.test_seed == TRAIN_SEED:
+        ap.error(f"--test-seed {TRAIN_SEED} would test on the training images")
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
     if args.merge:
@@ -240,7 +245,7 @@ def main() -> None:
     directions = [d.strip() for d in args.directions.split(",") if d.strip()]
     if not set(directions) <= {"A", "B"}:
         ap.error("--directions takes A, B or A,B")
-    tests = {g: load_generator(g, args.n_test, TEST_SEED) for g in ("A", "B")}
+    tests = {g: load_generator(g, args.n_test, args.test_seed) for g in ("A", "B")}
     meta = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": {}}
     rows: list[dict] = []
     flips = {"both": (False, True), "on": (True,), "off": (False,)}[args.flip]  # both models alike

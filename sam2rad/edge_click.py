@@ -372,8 +372,11 @@ def cut_back_at_click(logits: torch.Tensor, x: float, y: float, threshold: float
         outwards = col >= np.nonzero(largest)[1].mean()
         if reach is not None and (cols[-1] - col if outwards else col - cols[0]) > reach:  # mid-surface: not an end
             return logits
+        # From the logit column on the far side of the click's exact position: the mask is interpolated
+        # up to the source, and a kept column beside the click would bring the clicked source pixel back.
+        first = int(np.clip(np.floor(x) if outwards else np.ceil(x), 0, side - 1))
         cut = np.zeros_like(piece)
-        span = slice(col, cols[-1] + 1) if outwards else slice(cols[0], col + 1)
+        span = slice(first, cols[-1] + 1) if outwards else slice(cols[0], first + 1)
         cut[:, span] = piece[:, span]
     below = torch.full_like(logits, threshold - 1.0)
     return torch.where(torch.as_tensor(cut, device=logits.device)[None, None], torch.minimum(logits, below), logits)
@@ -420,7 +423,7 @@ def apply_end_clicks(logits: torch.Tensor, coords_px: np.ndarray, input_size: in
         # The mask's last source column can come from the logit column beside the click's.
         held = [c for c in (col, col - 1, col + 1) if 0 <= c < side and (logits[0, 0, :, c] > threshold).any()]
         if held:
-            logits = cut_back_at_click(logits, float(held[0]), y, threshold)
+            logits = cut_back_at_click(logits, x if held[0] == col else float(held[0]), y, threshold)
         else:
             logits = extend_to_click(logits, x, y, threshold, reach=END_REACH_PX, depth_reach=END_REACH_PX)
     return logits

@@ -38,7 +38,11 @@ def test_ten_image_training_lowers_loss_and_leaves_backbone(trained):
     assert len(losses) == 6
     # The loss falls: the lowest epoch is one of the last two, well below the first. (Rows prompted
     # with the model's own first-mask box make the epoch losses a little noisy, so not strictly.)
-    assert min(losses[-2:]) == min(losses) and losses[-1] < 0.8 * losses[0], losses
+    # The run starts from the shipped pretrained start, so how far it can fall depends on that start:
+    # from the 300-image start 6 epochs took off more than 20 %, from the 600-image start 17 %.
+    # (A random start would fall further but leaves empty masks after 6 epochs, and the confidence
+    # test below needs real ones.)
+    assert min(losses[-2:]) == min(losses) and losses[-1] < 0.88 * losses[0], losses
     for name, value in trainer.model.backbone.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert [h["epoch"] for h in result.history if "val_dice" in h] == [3, 6]

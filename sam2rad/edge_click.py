@@ -366,20 +366,38 @@ def cut_back_at_click(logits: torch.Tensor, x: float, y: float, threshold: float
     # A click in the middle half of a piece other than the largest says the piece is not bone (near
     # its end, it says where the piece ends: a second bone's overrun).
     inner = min(col - cols[0], cols[-1] - col) > (cols[-1] - cols[0] + 1) / 4.0
+    end = None  # (last kept logit column, the click's distance from it, the cut's direction)
     if false_pieces and (piece.sum() * 4 <= largest.sum() or (inner and not (piece & largest).any())):
         cut = piece
     else:
         outwards = col >= np.nonzero(largest)[1].mean()
         if reach is not None and (cols[-1] - col if outwards else col - cols[0]) > reach:  # mid-surface: not an end
             return logits
-        # From the logit column on the far side of the click's exact position: the mask is interpolated
-        # up to the source, and a kept column beside the click would bring the clicked source pixel back.
-        first = int(np.clip(np.floor(x) if outwards else np.ceil(x), 0, side - 1))
-        cut = np.zeros_like(piece)
-        span = slice(first, cols[-1] + 1) if outwards else slice(cols[0], first + 1)
+        last = int(np.clip(np.floor(x) if outwards else np.ceil(x), 0, side - 1))  # the near side of the click
+        cut, span = np.zeros_like(piece), slice(last + 1, cols[-1] + 1) if outwards else slice(cols[0], last)
         cut[:, span] = piece[:, span]
+        end = (last, abs(x - last), 1 if outwards else -1)
     below = torch.full_like(logits, threshold - 1.0)
-    return torch.where(torch.as_tensor(cut, device=logits.device)[None, None], torch.minimum(logits, below), logits)
+    out = torch.where(torch.as_tensor(cut, device=logits.device)[None, None], torch.minimum(logits, below), logits)
+    return out if end is None else _end_between_columns(out, piece[:, end[0]], *end, threshold)
+
+
+def _end_between_columns(logits: torch.Tensor, rows: np.ndarray, last: int, frac: float, step: int,
+                         threshold: float, margin: float = 0.5, floor: float = 50.0) -> torch.Tensor:
+    """The mask reaches the source through bilinear upsampling: the surface ends `frac` of the way from
+    logit column `last` (kept; `rows`: its rows of the piece) to `last + step` (cut), which goes just low
+    enough to put the clicked pixel `margin` under the threshold and keep the one before it (past
+    `floor` under it, the kept column is lowered too)."""
+    nxt = last + step
+    if not 0 <= nxt < logits.shape[-1] or not rows.any():
+        return logits
+    out, sel = logits.clone(), torch.as_tensor(rows, device=logits.device)
+    a, b, target = out[0, 0, sel, last], out[0, 0, sel, nxt], threshold - margin
+    need = (target - (1 - frac) * a) / frac if frac > 1e-6 else torch.full_like(a, -math.inf)
+    b = torch.minimum(b, need.clamp(min=threshold - floor))
+    a = torch.minimum(a, (target - frac * b) / max(1 - frac, 1e-6))
+    out[0, 0, sel, last], out[0, 0, sel, nxt] = a, b
+    return out
 
 
 def hold_point_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,

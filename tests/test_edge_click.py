@@ -329,7 +329,7 @@ def test_an_end_click_extends_a_tapered_surface_with_its_body_not_its_one_pixel_
         assert deep - top >= 4  # as thick as the surface, not a one-row line
 
 
-@pytest.mark.parametrize("click_x", [99.0, 100.0, 101.0, 102.0])
+@pytest.mark.parametrize("click_x", [99.0, 100.0, 101.0, 102.0, 140.0])
 def test_an_end_click_leaves_its_own_pixel_outside_the_mask_once_upsampled(click_x):
     """The cut is made on the logit grid, and the mask reaches the reader through bilinear upsampling:
     a kept logit column beside the click's exact position must not bring the clicked pixel back."""
@@ -338,4 +338,13 @@ def test_an_end_click_leaves_its_own_pixel_outside_the_mask_once_upsampled(click
     up = torch.nn.functional.interpolate(cut, size=(128, 128), mode="bilinear", align_corners=False)[0, 0] > 0
     x = int(click_x)
     assert not up[40:52, x:].any()  # the click and everything beyond it are gone
-    assert up[40:52, 20:x - 3].all()  # the surface stays up to within a logit column of the click
+    assert up[40:52, 20:x].all()  # the pixel before the click stays: the cut ends between logit columns
+
+
+@pytest.mark.parametrize("click_x", [21.0, 22.0, 23.0])
+def test_an_end_click_near_the_start_of_a_surface_cuts_it_back_inwards_to_the_click(click_x):
+    logits = _logits(_band(20, 25, x0=8, x1=60))
+    cut = apply_end_clicks(logits, np.array([[click_x, 45.0]]), input_size=128)
+    up = torch.nn.functional.interpolate(cut, size=(128, 128), mode="bilinear", align_corners=False)[0, 0] > 0
+    x = int(click_x)
+    assert not up[40:52, :x + 1].any() and up[40:52, x + 1:100].all()

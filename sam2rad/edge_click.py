@@ -345,17 +345,18 @@ def _is_mid_run(column: np.ndarray, y: float) -> bool:
 
 
 def cut_back_at_click(logits: torch.Tensor, x: float, y: float, threshold: float = 0.0,
-                      false_pieces: bool = False, reach: float | None = None) -> torch.Tensor:
+                      false_pieces: bool = False, reach: float | None = None, run_col: int | None = None) -> torch.Tensor:
     """The surface ends at the click: the part of the mask's 8-connected piece under the click (or
     the nearest in its column) from the click's column outwards goes, away from the middle of the
     mask's largest piece (the surface: a click on a piece beyond its end at that piece's near end
     takes the whole piece); unless that part is more than `reach` columns long (None: any length).
     With `false_pieces`, a piece under a quarter of the largest's size goes whole (a point click on a
     false part; a second bone is not that small), and so does one apart from the largest clicked in
-    its middle half (a click near a piece's end says where it ends). Other parts in those columns stay."""
+    its middle half (a click near a piece's end says where it ends). Other parts in those columns stay.
+    run_col: the logit column whose run under the click is cut (None: the click's nearest)."""
     side = logits.shape[-1]
     mask = (logits[0, 0] > threshold).cpu().numpy()
-    col = int(np.clip(round(x), 0, side - 1))
+    col = int(np.clip(round(x), 0, side - 1)) if run_col is None else run_col
     run = run_at(mask[:, col], y)
     if run is None:
         return logits
@@ -437,11 +438,12 @@ def apply_end_clicks(logits: torch.Tensor, coords_px: np.ndarray, input_size: in
     pixels."""
     side = logits.shape[-1]
     for x, y in _to_logit_px(coords_px, input_size, side):
-        col = int(np.clip(round(x), 0, side - 1))
-        # The mask's last source column can come from the logit column beside the click's.
-        held = [c for c in (col, col - 1, col + 1) if 0 <= c < side and (logits[0, 0, :, c] > threshold).any()]
-        if held:
-            logits = cut_back_at_click(logits, x if held[0] == col else float(held[0]), y, threshold)
+        # The clicked source column shows mask: cut back to the click (the run is found in the logit
+        # column that holds it); otherwise the surface goes on to the click.
+        if (_column_at(logits, x) > threshold).any():
+            cols = [int(np.clip(c, 0, side - 1)) for c in (round(x), np.floor(x), np.ceil(x))]
+            logits = cut_back_at_click(logits, x, y, threshold, run_col=next(
+                (c for c in cols if (logits[0, 0, :, c] > threshold).any()), cols[0]))
         else:
             logits = extend_to_click(logits, x, y, threshold, reach=END_REACH_PX, depth_reach=END_REACH_PX)
     return logits

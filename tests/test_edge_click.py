@@ -195,6 +195,9 @@ def test_an_end_click_cuts_a_surface_back_or_extends_it_to_the_click():
     longer = (apply_end_clicks(logits, np.array([[52.0, 30.0]]), input_size=64)[0, 0] > 0).numpy()
     assert longer[:, 40:53].any(axis=0).all() and not longer[:, 53:].any()  # reaches the click, no gap, not past it
     assert longer[30, 52] or longer[29:32, 52].any()  # at the click's depth: beyond the hold's 8-row reach
+    # One column past the end, the model's pixels the source's: the surface goes on to it, not back.
+    one = (apply_end_clicks(logits, np.array([[40.0, 22.5]]), input_size=64)[0, 0] > 0).numpy()
+    assert one[20:26, 8:41].all() and not one[:, 41:].any()
     apart = _band(20, 25, x0=8, x1=40) | _band(20, 25, x0=46, x1=60)  # a false piece past the end
     cut = (apply_end_clicks(_logits(apart), np.array([[46.0, 22.5]]), input_size=64)[0, 0] > 0).numpy()
     assert np.array_equal(cut, _band(20, 25, x0=8, x1=40))  # at its near end: the whole piece goes

@@ -54,6 +54,24 @@ def test_with_labels_each_click_keeps_only_changes_in_its_own_direction():
     assert torch.equal(bg, _logits(base))
 
 
+def test_a_background_click_on_an_edge_strip_takes_rows_only_as_deep_as_the_click():
+    base = np.zeros((32, 32), bool)
+    base[8:16, 2:30] = True  # the surface, rows 8-15
+    base[24:28, 10:16] = True  # a false piece under it
+    new = base.copy()
+    new[8:14, 6:20] = False  # the decoder took 6 rows around a click on the second row from the top
+    new[24:28, 10:16] = False
+    labels = np.array([0])
+    got = keep_changes_at_clicks(_logits(base), _logits(new), np.array([[12.0, 9.0]]), 32, labels=labels)[0, 0].numpy() > 0
+    assert not got[8:10, 6:20].any()  # the clicked strip and the row above it go
+    assert got[10:14, 6:20].all()  # deeper than the click: kept
+    assert got[24:28, 10:16].all()  # not touched by the click
+    piece = keep_changes_at_clicks(_logits(base), _logits(new), np.array([[12.0, 27.0]]), 32, labels=labels)
+    assert not (piece[0, 0].numpy() > 0)[24:28, 10:16].any()  # a false piece goes whole, wherever clicked
+    middle = keep_changes_at_clicks(_logits(base), _logits(new), np.array([[12.0, 11.5]]), 32, labels=labels)
+    assert not (middle[0, 0].numpy() > 0)[8:14, 6:20].any()  # mid-run: the whole removal
+
+
 def test_no_change_at_the_click_leaves_auto_as_it_was():
     base = np.zeros((32, 32), bool)
     base[4:8, 2:30] = True

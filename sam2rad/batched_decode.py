@@ -16,7 +16,7 @@ import torch
 
 from .backbones.base import Backbone, FeaturePyramid, ImageGeometry
 from .confidence import mask_confidence
-from .mask_parts import drop_small_parts
+from .mask_parts import auto_base
 
 
 @dataclass
@@ -60,7 +60,8 @@ def predictions_from_rows(rows: DecodedRows, geometries: Sequence[ImageGeometry]
                           mode: str, class_names: tuple[str, ...], threshold: float = 0.0,
                           min_part_fraction: float | None = None) -> list[Prediction]:
     """One Prediction per geometry (image); classes without a row stay empty (manual mode).
-    min_part_fraction: drop mask parts smaller than this fraction of the largest (sam2rad/mask_parts.py)."""
+    min_part_fraction: drop mask parts smaller than this fraction of the largest, and far weaker ones
+    (sam2rad/mask_parts.py)."""
     c = len(class_names)
     conf = mask_confidence(rows.logits, rows.object_logit)  # not the IoU head: sam2rad/confidence.py
     present = torch.ones_like(conf)
@@ -78,11 +79,11 @@ def predictions_from_rows(rows: DecodedRows, geometries: Sequence[ImageGeometry]
         logits = rows.logits
         if idx != list(range(len(logits))):  # only some rows have this geometry
             logits = logits.index_select(0, torch.as_tensor(idx, device=logits.device))
+        if min_part_fraction is not None:  # on the logits: the mask semi's clicks edit is this one
+            logits = torch.cat([auto_base(row[None], threshold, min_part_fraction) for row in logits])
         masks = (backbone.postprocess(logits, geom) > threshold).cpu().numpy()
         for mask, r in zip(masks, idx):
             pred, k = preds[rows.image_index[r]], rows.class_index[r]
-            if min_part_fraction is not None:
-                mask = drop_small_parts(mask, min_part_fraction)
             pred.masks[k] = mask & bool(small[r, 1])
             pred.scores[k] = small[r, 0]
             pred.boxes[k] = small[r, 2:] / geom.scale

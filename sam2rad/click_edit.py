@@ -17,24 +17,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .mask_parts import drop_small_parts
-
 DEFAULT_CLICK_REACH_PX = 3  # a change region is the click's when it comes this close (model pixels)
 _EIGHT = np.ones((3, 3), dtype=bool)
-_BELOW = -1.0  # logit given to auto's dropped parts, so that they stay out unless a click takes them
-
-
-def auto_base(logits: torch.Tensor, threshold: float, min_part_fraction: float | None) -> torch.Tensor:
-    """`auto`'s logits (1, 1, s, s) as `auto` shows them: small parts dropped (sam2rad/mask_parts.py)."""
-    if min_part_fraction is None:
-        return logits
-    mask = (logits[0, 0] > threshold).cpu().numpy()
-    dropped = mask & ~drop_small_parts(mask, min_part_fraction)
-    if not dropped.any():
-        return logits
-    out = logits.clone()
-    out[0, 0][torch.as_tensor(dropped, device=logits.device)] = min(_BELOW, threshold - 1.0)
-    return out
 
 
 def keep_changes_at_clicks(base: torch.Tensor, new: torch.Tensor, coords_px: np.ndarray, input_size: int,

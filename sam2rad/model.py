@@ -22,12 +22,12 @@ from .backbones.base import Backbone, DecoderOutput, FeaturePyramid, ImageGeomet
 from .confidence import ConfidenceReference
 from .batched_decode import DecodedRows, Prediction, cat_pyramids, predictions_from_rows
 from .ppn import PPNConfig, PPNOutput, build_ppn
-from .mask_parts import DEFAULT_MIN_PART_FRACTION
+from .mask_parts import DEFAULT_MIN_PART_FRACTION, auto_base
 from .mask_box import DEFAULT_MARGIN_PX, boxes_from_logits, grow_boxes_to_clicks
 from .refine import MaskRefiner, RefinerConfig, click_maps
 from .flip_tta import mean_with_mirrored, mirror_input
 from .prompts import Prompts, validate_image  # noqa: F401 - Prompts is part of this module's API
-from .click_edit import DEFAULT_CLICK_REACH_PX, auto_base, keep_changes_at_clicks
+from .click_edit import DEFAULT_CLICK_REACH_PX, keep_changes_at_clicks
 from .edge_click import HOLD_WINDOW_PX, apply_edge_clicks, apply_end_clicks, hold_point_clicks
 
 Mode = Literal["auto", "semi", "manual"]

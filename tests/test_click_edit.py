@@ -3,7 +3,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from sam2rad.click_edit import auto_base, keep_changes_at_clicks
+from sam2rad.click_edit import keep_changes_at_clicks
+from sam2rad.mask_parts import auto_base
 
 
 def _logits(mask: np.ndarray) -> torch.Tensor:

@@ -119,3 +119,19 @@ def test_auto_drops_mask_parts_far_smaller_than_the_main_one():
     assert out[5:15, 5:25].all() and out[20:25, 2:7].all() and not out[30:34, 30:34].any()
     assert out.sum() == 225
     assert drop_small_parts(np.zeros((4, 4), bool)).sum() == 0
+
+
+def test_auto_drops_mask_parts_far_weaker_than_the_main_one():
+    from sam2rad.mask_parts import drop_small_parts
+
+    logits = np.full((40, 40), -5.0)
+    logits[5:15, 5:25] = 9.0  # the structure
+    logits[20:25, 2:12] = 3.0  # a large but weak part: under half the structure's mean logit
+    logits[30:34, 20:35] = 6.0  # a second piece as sure as a third of the bone is: kept
+    mask = logits > 0
+    out = drop_small_parts(mask, 0.1, logits)
+    assert out[5:15, 5:25].all() and out[30:34, 20:35].all() and not out[20:25, 2:12].any()
+    assert np.array_equal(drop_small_parts(mask, 0.1), mask)  # without logits: by size only
+    assert np.array_equal(drop_small_parts(mask, 0.1, logits, min_confidence=0), mask)
+    # The threshold is where a logit counts as mask: strength is measured above it.
+    assert not drop_small_parts(logits > 3.5, 0.1, logits, threshold=3.5)[30:34, 20:35].any()

@@ -8,11 +8,13 @@ A->B Dice 0.655 -> 0.658, HD95 median 0.92 -> 0.81 mm (mean 4.43 -> 3.62); A->A 
 shows in pieces lose pieces). Applied in `auto` only: in `semi` a reader's click may add a small part
 on purpose.
 
-Size alone leaves the larger false parts: on 20 held-out B images with the demo model (trained on A),
-each of the 7 parts that overlap no bone had a mean logit of 1.0-4.9; all true parts but two had 6.7 or
-more (the largest part's: 7.5-10.7); the two were a 20-pixel piece (2.4) and one two-thirds on bone (4.1). Dropping the parts under half the largest part's mean logit, measured on the
-session 18 models (3 seeds; auto Dice / HD95 median): A -> B held-out 0.757 / 0.54 -> 0.769 / 0.44 mm;
-on the blind set, not looked at while choosing, 0.799 / 0.47 -> 0.809 / 0.43 mm; B -> B, A -> A and
+Size alone leaves the larger false parts. On 20 held-out B images with the demo model (trained on A),
+each of the 7 parts that overlap no bone had a mean logit of 1.0-4.9. All true parts but two had 6.7 or
+more (the largest part's: 7.5-10.7); the two were a 20-pixel piece (2.4) and one two-thirds on bone (4.1).
+Dropping the parts under half the largest part's mean logit, on the logits in model space (where semi's
+clicks edit them; on the source grid, parts it dropped could come back with a click), measured on the
+session 18 models (3 seeds; auto Dice / HD95 median): A -> B held-out 0.757 / 0.54 -> 0.766 / 0.44 mm;
+on the blind set, not looked at while choosing, 0.799 / 0.47 -> 0.808 / 0.45 mm; B -> B, A -> A and
 B -> A unchanged (README, session 19).
 """
 from __future__ import annotations

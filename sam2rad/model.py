@@ -86,7 +86,7 @@ class Sam2Rad(nn.Module):
         self.box_from_mask_margin_px: float | None = DEFAULT_MARGIN_PX
         # A foreground click outside the box grows the box to hold it (+ margin); None: boxes stay.
         self.click_box_margin_px: float | None = DEFAULT_MARGIN_PX
-        # auto drops mask parts under this fraction of the largest part (sam2rad/mask_parts.py); None: keep all.
+        # auto drops parts under this fraction of the largest, and far weaker ones (sam2rad/mask_parts.py); None: keep all.
         self.min_part_fraction: float | None = DEFAULT_MIN_PART_FRACTION
         # semi: a reader's clicks keep only the changes connected to them (sam2rad/click_edit.py); None: the
         # whole re-decoded mask is taken.

@@ -4,7 +4,7 @@ Generator A = sam2rad.data.synthetic (the project's own, used while designing th
 generator B = sam2rad.data.rf_simulator (RF point-scatterer model, never used for the recipe).
 For each training generator: train on --n-train images of it, test on --n-test held-out images of A
 and of B (other seeds). Sam2Rad trains exactly as `sam2rad train --data <those images>` does
-(TrainConfig defaults: with 10 images all train; by default from the shipped PPN pretrained on 300
+(TrainConfig defaults: with 10 images all train; by default from the shipped PPN pretrained on 600
 other A images, so rows tested on A are not A-unseen; --init none for 10 images only) and is evaluated in
 `auto` and `semi_click` (one simulated click), and with --flip both (the default) the same trained
 model again in `auto` with the test-time flip (sam2rad/flip_tta.py; row sam2rad_auto_flip); the U-Net trains on all the same images with the same

@@ -12,7 +12,8 @@ Size alone leaves the larger false parts. On 20 held-out B images with the demo 
 each of the 9 parts (of at least a tenth of the largest) that overlap no bone had a mean logit of 1.0-4.9.
 All true parts but two had 6.7 or more; the two were a 20-pixel piece (2.4) and one two-thirds on bone (4.1).
 Dropping the parts under half the largest part's mean logit, on the logits in model space (where semi's
-clicks edit them; on the source grid, parts it dropped could come back with a click), measured on the
+clicks edit them: the source grid measures a thin part's mean a little lower, and a part dropped only there
+came back with a click), measured on the
 session 18 models (3 seeds; auto Dice / HD95 median): A -> B held-out 0.757 / 0.54 -> 0.766 / 0.44 mm;
 on the blind set, not looked at while choosing, 0.799 / 0.47 -> 0.808 / 0.45 mm; B -> B, A -> A and
 B -> A unchanged (README, session 19).
@@ -50,8 +51,8 @@ def drop_small_parts(mask: np.ndarray, min_fraction: float = DEFAULT_MIN_PART_FR
 def auto_base(logits: torch.Tensor, threshold: float, min_part_fraction: float | None) -> torch.Tensor:
     """`auto`'s logits (1, 1, s, s) as `auto` shows them: small and weak parts dropped, set under the
     threshold. Dropped in model space, on the logits, so that `auto`'s mask and the one `semi`'s clicks
-    edit are the same: parts dropped on the source grid can be joined to the main one at the logits'
-    coarser grid, and a click would bring them back (session 19)."""
+    edit are the same part for part: a click would bring back a part dropped only on the source grid
+    (session 19)."""
     if min_part_fraction is None:
         return logits
     values = logits[0, 0].cpu().numpy()

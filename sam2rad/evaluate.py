@@ -55,7 +55,7 @@ def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
                    class_index: int = 0, reader: str = "tools") -> list[np.ndarray]:
     """Masks after 1..n_clicks successive simulated clicks, starting from the `start` prediction."""
     tools: dict[str, tuple[list, list]] = {"point": ([], []), "edge": ([], []), "end": ([], [])}  # -> (xy, labels)
-    masks, current, tried = [], start, []
+    masks, current, tried, order = [], start, [], []
     for _ in range(n_clicks):
         point, label = simulated_click(current, gt, avoid=tried)
         tried.append((point[0], point[1], label))
@@ -69,9 +69,10 @@ def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
             tool = "point"
         tools[tool][0].append(point)
         tools[tool][1].append(label)
+        order.append(tool)
         (pts, labels), (edges, edge_labels), (ends, _) = tools["point"], tools["edge"], tools["end"]
         prompts = Prompts(points=pts or None, labels=labels or None, edges=edges or None,
-                          edge_labels=edge_labels or None, ends=ends or None, class_index=class_index)
+                          edge_labels=edge_labels or None, ends=ends or None, class_index=class_index, order=tuple(order))
         current = model.predict(image, "semi", prompts)[0].masks[class_index]
         masks.append(current)
     return masks

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
@@ -27,8 +27,9 @@ from .mask_box import DEFAULT_MARGIN_PX, boxes_from_logits, grow_boxes_to_clicks
 from .refine import MaskRefiner, RefinerConfig, click_maps
 from .flip_tta import mean_with_mirrored, mirror_input
 from .prompts import Prompts, validate_image  # noqa: F401 - Prompts is part of this module's API
-from .click_edit import DEFAULT_CLICK_REACH_PX, keep_changes_at_clicks
-from .edge_click import HOLD_WINDOW_PX, apply_edge_clicks, apply_end_clicks, hold_point_clicks
+from .click_edit import DEFAULT_CLICK_REACH_PX
+from .edge_click import HOLD_WINDOW_PX
+from .semi_edit import ClickEditSettings, edit_with_clicks
 
 Mode = Literal["auto", "semi", "manual"]
 MODES: tuple[str, ...] = ("auto", "semi", "manual")
@@ -46,6 +47,8 @@ class EncodedImage:
     geometry: ImageGeometry
     auto_boxes: torch.Tensor | None = None  # (C, 4) the second-pass boxes, computed on first use
     auto_logits: torch.Tensor | None = None  # (C, 1, s, s) auto's final logits: what a click edits
+    # auto_logits with the parts auto dropped, per (threshold, part fraction): per class
+    auto_bases: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
     mirrored: FeaturePyramid | None = None  # of the mirrored input, where flip_test_time is on
 
 
@@ -372,7 +375,7 @@ class Sam2Rad(nn.Module):
         index = torch.as_tensor(rows.image_index, device=rows.logits.device)
         for i, enc in enumerate(encoded):
             sel = (index == i).nonzero()[:, 0]
-            enc.auto_logits = rows.logits[sel].detach()
+            enc.auto_logits, enc.auto_bases = rows.logits[sel].detach(), {}
             if self.box_from_mask_margin_px is not None:
                 enc.auto_boxes = rows.boxes_px[sel].detach()
 
@@ -381,20 +384,15 @@ class Sam2Rad(nn.Module):
         if enc.auto_logits is None:
             self._remember_auto([enc], self._decode_auto(enc.features, self._mirrored_batch([enc])))
 
-    def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, pts, p: Prompts) -> torch.Tensor:
-        """Clicks: auto's mask with its edges moved to the edge clicks (sam2rad/edge_click.py), plus the point
-        clicks' changes that touch them, each in its own direction, then point clicks the decoder left wrong held
-        by a local edge move, then end clicks. With a reader's box or mask the decoded mask is taken whole."""
-        whole = (p.box is not None or p.mask is not None or self.click_reach_px is None or enc.auto_logits is None)
-        base = logits if whole else auto_base(enc.auto_logits[k:k + 1], self.mask_threshold, self.min_part_fraction)
-        size, thr, geom = self.backbone.input_size, self.mask_threshold, enc.geometry
-        out = base if p.edges is None else apply_edge_clicks(base, geom.to_input(p.edges), p.edge_labels, size, thr, geom.row_scale)
-        if pts is not None and not whole:
-            xy, labels = pts[0][0].cpu().numpy(), pts[1][0].cpu().numpy()
-            out = keep_changes_at_clicks(base, logits, xy, size, thr, self.click_reach_px, onto=out, labels=labels)
-        if pts is not None and self.hold_window_px is not None:
-            out = hold_point_clicks(out, geom.to_input(p.points), p.labels, size, thr, self.hold_window_px)
-        return out if p.ends is None else apply_end_clicks(out, geom.to_input(p.ends), size, thr)  # the last word on extent
+    def _edit_at_clicks(self, enc: EncodedImage, k: int, logits: torch.Tensor, p: Prompts) -> torch.Tensor:
+        """The reader's clicks as edits of auto's mask (sam2rad/semi_edit.py). With a reader's box or mask the
+        decoded mask is taken whole."""
+        whole = p.box is not None or p.mask is not None or self.click_reach_px is None or enc.auto_logits is None
+        key = (self.mask_threshold, self.min_part_fraction)
+        if not whole and key not in enc.auto_bases:  # auto's mask as auto showed it: once per image, not per click
+            enc.auto_bases[key] = [auto_base(row[None], *key) for row in enc.auto_logits]
+        settings = ClickEditSettings(self.backbone.input_size, self.mask_threshold, self.click_reach_px, self.hold_window_px)
+        return edit_with_clicks(logits if whole else enc.auto_bases[key][k], logits, p, enc.geometry, settings, whole)
 
     def _decode_prompted(self, enc: EncodedImage, mode: str, by_class: dict[int, Prompts]) -> DecodedRows:
         """semi and manual: one image, rows decoded one by one (their numbers of point tokens differ)."""
@@ -428,7 +426,7 @@ class Sam2Rad(nn.Module):
                 out = be.decode(enc.features, s_k, d_k)
                 logits = self.refine(enc.features, out.low_res_logits, pts)
                 if p is not None and (pts is not None or p.surface_clicks):
-                    logits = self._edit_at_clicks(enc, k, logits, pts, p)
+                    logits = self._edit_at_clicks(enc, k, logits, p)
                 rows.append((k, out, logits, box_px[k:k + 1]))
         outs = [out for _, out, _, _ in rows]
         obj = None if outs[0].object_logit is None else torch.cat([o.object_logit for o in outs])

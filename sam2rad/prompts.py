@@ -25,6 +25,10 @@ class Prompts:
     # from the middle of the mask) goes; beyond an end, the surface reaches the click. Applied last,
     # after point and edge clicks. semi mode only.
     ends: np.ndarray | None = None  # (N, 2)
+    # The reader's clicks in the order made: "point", "edge" or "end" per click, each kind's clicks in
+    # the order of its array. Given, each click edits the mask the ones before it made
+    # (sam2rad/semi_edit.py); None: by tool, edge clicks first and end clicks last.
+    order: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.points is not None:
@@ -33,6 +37,8 @@ class Prompts:
             self.edges, self.edge_labels = _clicks(self.edges, self.edge_labels, "edge")
         if self.ends is not None:
             self.ends, _ = _clicks(self.ends, None, "end click")
+        if self.order is not None:
+            self.order = _click_order(self.order, {"point": self.points, "edge": self.edges, "end": self.ends})
         if self.box is not None:
             self.box = np.asarray(self.box, dtype=np.float32).reshape(-1)
             if self.box.shape != (4,) or not np.isfinite(self.box).all():
@@ -60,6 +66,18 @@ def _clicks(coords, labels, kind: str) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(coords).all():
         raise ValueError(f"{kind} coordinates must be finite numbers")
     return coords, labels
+
+
+def _click_order(order, clicks: dict[str, np.ndarray | None]) -> tuple[str, ...]:
+    order = (order,) if isinstance(order, str) else tuple(str(k) for k in order)
+    unknown = sorted(set(order) - set(clicks))
+    if unknown:
+        raise ValueError(f"click order names {unknown}; each entry must be one of {sorted(clicks)}")
+    for kind, coords in clicks.items():
+        n = 0 if coords is None else len(coords)
+        if order.count(kind) != n:
+            raise ValueError(f"click order has {order.count(kind)} {kind} clicks, the prompts {n}")
+    return order
 
 
 def validate_image(image: object, name: str = "image") -> np.ndarray:

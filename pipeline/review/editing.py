@@ -61,7 +61,7 @@ class PromptModel(Protocol):
     def predict(self, images, mode: str = "auto", prompts=None) -> list: ...
 
 
-MakePrompts = Callable[..., object]  # sam2rad.model.Prompts (points, labels, box, edges, edge_labels, ends, class_index)
+MakePrompts = Callable[..., object]  # sam2rad.model.Prompts (points, labels, box, edges, edge_labels, ends, order)
 
 
 @dataclass
@@ -172,13 +172,14 @@ class InstanceEdit:
         box = None if prompts.box is None else np.array(
             [prompts.box[0] - b.min_x0, prompts.box[1] - b.min_y0, prompts.box[2] - b.min_x0,
              prompts.box[3] - b.min_y0], dtype=np.float32)
-        kinds = {}
+        kinds, order = {}, tuple("end" if c.end else "edge" if c.edge else "point" for c in prompts.clicks)
         for kind in ("point", "edge", "end"):
-            clicks = [c for c in prompts.clicks if ("end" if c.end else "edge" if c.edge else "point") == kind]
+            clicks = [c for c, k in zip(prompts.clicks, order) if k == kind]
             kinds[kind] = (np.array([[c.x - b.min_x0, c.y - b.min_y0] for c in clicks], dtype=np.float32) if clicks else None,
                            np.array([1 if c.foreground else 0 for c in clicks], dtype=np.int64) if clicks else None)
         return self.make_prompts(points=kinds["point"][0], labels=kinds["point"][1], box=box,
-                                 edges=kinds["edge"][0], edge_labels=kinds["edge"][1], ends=kinds["end"][0])
+                                 edges=kinds["edge"][0], edge_labels=kinds["edge"][1], ends=kinds["end"][0],
+                                 order=order or None)  # each click edits the mask the reader saw
 
     def warm(self, frame_number: int) -> None:
         """Encode the frame now (the first view's cost), so the reader's first click runs the decoder only."""

@@ -2,7 +2,8 @@
 one or more batch sizes, and the cost of one reader click in `semi` mode on a shown image (its
 encoding and `auto` result cached, as on the review page): a point click and an edge click; and,
 on the shipped LiteMedSAM model, a point click the decoder does not follow, without and with the
-hold that moves the nearby edge to it, and with an end click added.
+hold that moves the nearby edge to it, and with an end click added; and the simulated reader's
+tenth click on a held-out B frame, edited in the reader's order and by tool.
 
 Targets: auto / bare encoder >= 0.85 (the PPN, decoder and refiner must cost little beside the
 encoder); a click < 150 ms with LiteMedSAM on 2 CPU threads (decoder path only, never the encoder).
@@ -128,6 +129,35 @@ def held_click_ms(repeats: int, device: str) -> tuple[float, float, float, bool,
     return 1000 / rates[0], 1000 / rates[1], 1000 / rates[2], bool(held()[y, x]), not ended()[:, end_x + 2:].any()
 
 
+def tenth_click_ms(repeats: int, device: str) -> tuple[float, float, str]:
+    """The shipped LiteMedSAM model on a held-out generated B frame (`rfsim:17:7`, image 16, whose
+    clicks mix all tools): the simulated reader's tenth click, with its nine before it, edited in the
+    reader's order (sam2rad/semi_edit.py) and by tool, in interleaved rounds. Returns (ms in order,
+    ms by tool, the clicks' kinds)."""
+    import copy
+
+    from sam2rad.checkpoint import load_checkpoint
+    from sam2rad.data.specs import load_spec
+    from sam2rad.evaluate import reader_session
+
+    model = load_checkpoint(None).to(device).eval()
+    sample = load_spec("rfsim:17:7")[0][16]
+    auto = model.predict(sample.image, "auto")[0].masks[0]  # shown first, as on the review page
+    ordered = reader_session(model, sample.image, np.asarray(sample.mask) != 0, auto, 10)[-1][0]
+    by_tool = copy.copy(ordered)
+    by_tool.order = None
+
+    def clicking(prompts: Prompts):
+        def click():
+            before = model.encoder_calls
+            model.predict(sample.image, "semi", prompts)
+            assert model.encoder_calls == before, "a click re-ran the encoder"
+        return click
+
+    rates = interleaved_rates([clicking(ordered), clicking(by_tool)], repeats, 1, device)
+    return 1000 / rates[0], 1000 / rates[1], " ".join(ordered.order)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -160,6 +190,9 @@ def main() -> None:
               f"the clicked pixel {'ends up' if taken else 'does NOT end up'} in the mask; "
               f"with an end click as well {end_ms:.1f} ms ({end_ms / held_ms:.2f}x), "
               f"the surface {'ends' if ended else 'does NOT end'} there")
+        ordered_ms, by_tool_ms, kinds = tenth_click_ms(args.repeats, args.device)
+        print(f"the simulated reader's tenth click on a held-out B frame ({kinds}): {ordered_ms:.1f} ms edited "
+              f"in the reader's order, {by_tool_ms:.1f} ms by tool ({ordered_ms / by_tool_ms:.2f}x)")
 
 
 if __name__ == "__main__":

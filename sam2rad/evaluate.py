@@ -54,8 +54,15 @@ simulated_click = error_click
 def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.ndarray, n_clicks: int,
                    class_index: int = 0, reader: str = "tools") -> list[np.ndarray]:
     """Masks after 1..n_clicks successive simulated clicks, starting from the `start` prediction."""
+    return [mask for _, mask in reader_session(model, image, gt, start, n_clicks, class_index, reader)]
+
+
+def reader_session(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.ndarray, n_clicks: int,
+                   class_index: int = 0, reader: str = "tools") -> list[tuple[Prompts, np.ndarray]]:
+    """The prompts after each of 1..n_clicks simulated clicks (all clicks so far, in the order made)
+    and the mask they gave."""
     tools: dict[str, tuple[list, list]] = {"point": ([], []), "edge": ([], []), "end": ([], [])}  # -> (xy, labels)
-    masks, current, tried, order = [], start, [], []
+    steps, current, tried, order = [], start, [], []
     for _ in range(n_clicks):
         point, label = simulated_click(current, gt, avoid=tried)
         tried.append((point[0], point[1], label))
@@ -74,8 +81,8 @@ def click_sequence(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
         prompts = Prompts(points=pts or None, labels=labels or None, edges=edges or None,
                           edge_labels=edge_labels or None, ends=ends or None, class_index=class_index, order=tuple(order))
         current = model.predict(image, "semi", prompts)[0].masks[class_index]
-        masks.append(current)
-    return masks
+        steps.append((prompts, current))
+    return steps
 
 
 def evaluate_model(model: Sam2Rad, samples: Sequence[Sample], modes: Sequence[str] = EVAL_MODES,

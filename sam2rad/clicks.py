@@ -3,7 +3,8 @@
 A reader clicks where the mask is most wrong: inside the largest missed region (a foreground
 click) or the largest false region (a background click), at its innermost pixel, passing over a
 region an earlier click did not change. With the tools (the evaluation's default reader) that click
-becomes an end click when the error is about where the surface ends, an edge click when the edge it
+becomes an end click when the error is about where the surface ends, a shift click when the whole
+surface is off by one amount (both edges the same way), an edge click when the edge it
 names is off along most of the surface (on the true edge, where it is off by its typical amount), a
 point click otherwise.
 """
@@ -107,6 +108,55 @@ def typical_edge_click(pred: np.ndarray, gt: np.ndarray, point: list[float], lab
         if (p_last[c] - row <= row - p_first[c]) != deep_edge:
             return None
     return [float(c), float(row)]
+
+
+def _typical_amount(err: np.ndarray) -> int:
+    """The largest move that at least EDGE_TYPICAL_SHARE of the columns need (0 when none needs a row)."""
+    err = np.maximum(err, 0)
+    return max((n for n in range(1, int(err.max(initial=0)) + 1) if np.mean(err >= n) >= EDGE_TYPICAL_SHARE), default=0)
+
+
+def surface_shift_click(pred: np.ndarray, gt: np.ndarray, point: list[float], label: int) -> list[float] | None:
+    """Where a reader puts a shift click (the whole surface moves with the edge clicked:
+    sam2rad/edge_click.py move_edge translate) when both edges of the mask are off by the same typical
+    amount in the same direction, a surface drawn too shallow or too deep as a whole, and the error
+    `error_click` chose lies along the surface (it touches the truth, for a false region, or the mask,
+    for a missed one); else None. The click goes where an edge click would (`typical_edge_click`'s
+    placement) on the edge that error names: a missed strip below or a false one above means the
+    surface goes deeper. Why: across generators both edges are typically a row too shallow (session
+    20: the demo model on held-out B images, top −0.95 and deep −1.43 rows), and an edge click fixes
+    only one of them."""
+    h, w = pred.shape
+    x, y = int(np.clip(round(point[0]), 0, w - 1)), int(np.clip(round(point[1]), 0, h - 1))
+    error = (pred & ~gt) if label == 0 else (gt & ~pred)
+    if not error[y, x]:
+        return None
+    pieces, _ = ndimage.label(error, structure=np.ones((3, 3), bool))
+    near = ndimage.binary_dilation(pieces == pieces[y, x], structure=np.ones((3, 3), bool))
+    if not (near & (gt if label == 0 else pred)).any():
+        return None  # a piece of its own, not a strip along the surface
+    p_first, p_last, p_has = column_ends(pred)
+    g_first, g_last, g_has = column_ends(gt)
+    cols = np.nonzero(p_has & g_has)[0]
+    if len(cols) == 0:
+        return None
+    for down in (True, False):
+        sign = 1 if down else -1
+        amount = _typical_amount(sign * (g_first - p_first)[cols])
+        if amount < 1 or _typical_amount(sign * (g_last - p_last)[cols]) != amount:
+            continue
+        deep_edge = down == (label == 1)  # going deeper: grow the deep edge or shrink the shallow one
+        err = sign * ((g_last - p_last) if deep_edge else (g_first - p_first))[cols]
+        near_cols = cols[err == amount]
+        if len(near_cols) == 0:
+            return None
+        c = int(near_cols[np.argmin(np.abs(near_cols - x))])
+        edge_row = g_last[c] if deep_edge else g_first[c]
+        row = edge_row if label == 1 else edge_row + (1 if deep_edge else -1)
+        if label == 0 and (p_last[c] - row <= row - p_first[c]) != deep_edge:
+            return None  # the tool moves the mask's nearer edge: the click must stay nearer the one it names
+        return [float(c), float(row)]
+    return None
 
 
 def _middle_row(mask: np.ndarray, col: int, y: float) -> float:

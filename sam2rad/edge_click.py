@@ -44,23 +44,9 @@ import torch
 from scipy import ndimage
 
 from .click_edit import keep_changes_at_clicks
+from .row_shifts import shift_rows as _shift_rows, shift_rows_by_column as _shift_rows_by_column
 
 MAX_MOVE_PX = 16.0  # logit pixels (model pixels at the refiner's size): a click further from the edge moves it this far
-
-
-def _shift_rows(logits: torch.Tensor, amount: float) -> torch.Tensor:
-    """Shift (…, s, s) logits down by `amount` rows (up when negative), linearly between rows; the
-    rows uncovered take the nearest edge row, so nothing new appears at the border."""
-    whole = math.floor(amount)
-    frac = amount - whole
-    out = None
-    for rows, weight in ((whole, 1.0 - frac), (whole + 1, frac)):
-        if weight == 0.0:
-            continue
-        idx = (torch.arange(logits.shape[-2], device=logits.device) - rows).clamp(0, logits.shape[-2] - 1)
-        part = logits.index_select(-2, idx) * weight
-        out = part if out is None else out + part
-    return out
 
 
 def run_at(column: np.ndarray, y: float) -> tuple[int, int] | None:
@@ -82,19 +68,6 @@ def column_ends(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return first, last, has
 
 
-def _shift_rows_by_column(logits: torch.Tensor, amounts: np.ndarray) -> torch.Tensor:
-    """Like _shift_rows with one amount per column."""
-    h = logits.shape[-2]
-    a = torch.as_tensor(amounts, dtype=logits.dtype, device=logits.device)
-    whole = torch.floor(a)
-    rows = torch.arange(h, device=logits.device)[:, None]
-    out = torch.zeros_like(logits[0, 0])
-    for k, weight in ((whole, 1.0 - (a - whole)), (whole + 1, a - whole)):
-        idx = (rows - k[None, :].long()).clamp(0, h - 1)
-        out = out + torch.gather(logits[0, 0], 0, idx) * weight[None, :]
-    return out[None, None]
-
-
 def _normal_scaled_shifts(mask: np.ndarray, col: int, shift: float, deep: bool) -> np.ndarray:
     """Per-column row shifts that move the edge by the same distance along its normal as `shift`
     rows moves it at `col`: a sloped stretch of the edge moves further in rows (1 / cos of its
@@ -114,7 +87,7 @@ def _normal_scaled_shifts(mask: np.ndarray, col: int, shift: float, deep: bool) 
 
 def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: float = 0.0,
               reach: float | None = None, past: float = 0.0, along_normal: bool = False,
-              pixel: float | None = None) -> torch.Tensor:
+              pixel: float | None = None, translate: bool = False) -> torch.Tensor:
     """Move the edge of (1, 1, s, s) `logits` nearest to the click (x, y, logit pixels) to it.
 
     grow: the structure reaches the click (a click beyond the deep or above the shallow edge);
@@ -127,6 +100,7 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
     crossing lands on the clicked pixel's far side (a grow) or near side (a shrink), so the clicked
     pixel is the edge's last one in or first one out; None: the edge moves by whole logit rows from
     its last thresholded row (a shrink then also takes up to a further row).
+    translate: the whole surface moves with that edge, its other edge by as many rows (a shift click).
     """
     s = logits.shape[-1]
     col = int(np.clip(round(x), 0, s - 1))
@@ -162,11 +136,13 @@ def move_edge(logits: torch.Tensor, x: float, y: float, grow: bool, threshold: f
         shifts = _normal_scaled_shifts(mask, col, float(shift), deep_edge)
         if pixel is not None:
             shifts = _whole_source_rows(logits[0, 0], mask, n_rows, shifts, col, deep_edge, pixel, threshold)
-        if not grow:  # a shrink leaves a row of each column's surface: it moves an edge, it does not end the bone
+        if not grow and not translate:  # a shrink leaves a row of each column's surface: it does not end the bone
             first, last, _ = column_ends(mask)
             shifts = np.sign(shifts) * np.minimum(np.abs(shifts), np.maximum(last - first - 0.5, 0.0))
-        return keep(logits, _shift_rows_by_column(logits, shifts))
-    return keep(logits, _shift_rows(logits, float(shift)))
+        shifted = _shift_rows_by_column(logits, shifts)
+    else:
+        shifted = _shift_rows(logits, float(shift))
+    return shifted if translate else keep(logits, shifted)
 
 
 def _crossing(column: torch.Tensor, inside: int, outside: int, threshold: float) -> float:
@@ -250,15 +226,15 @@ def _to_logit_px(coords_px: np.ndarray, input_size: int, side: int) -> np.ndarra
 
 
 def apply_edge_clicks(logits: torch.Tensor, coords_px: np.ndarray, labels: np.ndarray, input_size: int,
-                      threshold: float = 0.0, source_scale: float | None = None) -> torch.Tensor:
+                      threshold: float = 0.0, source_scale: float | None = None, translate: bool = False) -> torch.Tensor:
     """Edge clicks in order, each on the result of the ones before, each moving its edge by the
     click's distance along the edge's normal. coords_px: (E, 2) in model-input pixels (the logits
     may be coarser); labels (E,): 1 grow, 0 shrink. source_scale: model-input rows per source row
     (ImageGeometry.row_scale); given, the edge stops exactly at the clicked source pixel's side
-    (`move_edge` pixel)."""
+    (`move_edge` pixel). translate: shift clicks, the whole surface moves with the edge."""
     pixel = None if source_scale is None else source_scale * logits.shape[-1] / float(input_size)
     for (x, y), label in zip(_to_logit_px(coords_px, input_size, logits.shape[-1]), np.asarray(labels).reshape(-1)):
-        logits = move_edge(logits, x, y, bool(label), threshold, along_normal=True, pixel=pixel)
+        logits = move_edge(logits, x, y, bool(label), threshold, along_normal=True, pixel=pixel, translate=translate)
     return logits
 
 

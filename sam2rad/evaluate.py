@@ -7,7 +7,8 @@ together in semi mode, so each click re-runs only the decoder path on the cached
 the number of clicks until Dice reaches T (0 when `auto` already does), capped at the clicks given.
 
 Readers: "tools" (the default) makes a click an end click when its error is about where the surface
-ends (it runs on past the true end, or stops short of it: sam2rad/clicks.py surface_end_click), an
+ends (it runs on past the true end, or stops short of it: sam2rad/clicks.py surface_end_click), a
+shift click when both edges are off by the same typical amount the same way (surface_shift_click), an
 edge click (sam2rad/edge_click.py) when the edge it names is off along most of the surface
 (typical_edge_click: placed on the true edge where the edge is off by its typical amount), a point
 click otherwise; "points" makes every click a
@@ -24,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from .data.datasets import Sample
-from .clicks import error_click, surface_end_click, typical_edge_click
+from .clicks import error_click, surface_end_click, surface_shift_click, typical_edge_click
 from .losses import box_of
 from .metrics import evaluate_pair
 from .model import Prompts, Sam2Rad
@@ -61,15 +62,18 @@ def reader_session(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
                    class_index: int = 0, reader: str = "tools") -> list[tuple[Prompts, np.ndarray]]:
     """The prompts after each of 1..n_clicks simulated clicks (all clicks so far, in the order made)
     and the mask they gave."""
-    tools: dict[str, tuple[list, list]] = {"point": ([], []), "edge": ([], []), "end": ([], [])}  # -> (xy, labels)
+    tools: dict[str, tuple[list, list]] = {k: ([], []) for k in ("point", "edge", "end", "shift")}  # -> (xy, labels)
     steps, current, tried, order = [], start, [], []
     for _ in range(n_clicks):
         point, label = simulated_click(current, gt, avoid=tried)
         tried.append((point[0], point[1], label))
         end = surface_end_click(current, gt, point, label) if reader == "tools" else None
+        shift = surface_shift_click(current, gt, point, label) if reader == "tools" and end is None else None
         typical = typical_edge_click(current, gt, point, label) if reader == "tools" and end is None else None
         if end is not None:
             tool, point = "end", end
+        elif shift is not None:
+            tool, point = "shift", shift
         elif typical is not None:
             tool, point = "edge", typical
         else:
@@ -77,9 +81,10 @@ def reader_session(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
         tools[tool][0].append(point)
         tools[tool][1].append(label)
         order.append(tool)
-        (pts, labels), (edges, edge_labels), (ends, _) = tools["point"], tools["edge"], tools["end"]
-        prompts = Prompts(points=pts or None, labels=labels or None, edges=edges or None,
-                          edge_labels=edge_labels or None, ends=ends or None, class_index=class_index, order=tuple(order))
+        (pts, labels), (edges, edge_labels), (ends, _), (shifts, shift_labels) = (tools[k] for k in ("point", "edge", "end", "shift"))
+        prompts = Prompts(points=pts or None, labels=labels or None, edges=edges or None, edge_labels=edge_labels or None,
+                          ends=ends or None, shifts=shifts or None, shift_labels=shift_labels or None,
+                          class_index=class_index, order=tuple(order))
         current = model.predict(image, "semi", prompts)[0].masks[class_index]
         steps.append((prompts, current))
     return steps

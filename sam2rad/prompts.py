@@ -25,7 +25,11 @@ class Prompts:
     # from the middle of the mask) goes; beyond an end, the surface reaches the click. Applied last,
     # after point and edge clicks. semi mode only.
     ends: np.ndarray | None = None  # (N, 2)
-    # The reader's clicks in the order made: "point", "edge" or "end" per click, each kind's clicks in
+    # Shift clicks: like edge clicks, the nearest edge goes to the click, and the whole surface moves
+    # with it (both edges by as many rows), for a mask drawn too shallow or too deep as a whole. semi only.
+    shifts: np.ndarray | None = None  # (S, 2)
+    shift_labels: np.ndarray | None = None  # (S,)
+    # The reader's clicks in the order made: "point", "edge", "end" or "shift" per click, each kind's clicks in
     # the order of its array. Given, each click edits the mask the ones before it made
     # (sam2rad/semi_edit.py); None: by tool, edge clicks first and end clicks last.
     order: tuple[str, ...] | None = None
@@ -37,8 +41,11 @@ class Prompts:
             self.edges, self.edge_labels = _clicks(self.edges, self.edge_labels, "edge")
         if self.ends is not None:
             self.ends, _ = _clicks(self.ends, None, "end click")
+        if self.shifts is not None:
+            self.shifts, self.shift_labels = _clicks(self.shifts, self.shift_labels, "shift click")
         if self.order is not None:
-            self.order = _click_order(self.order, {"point": self.points, "edge": self.edges, "end": self.ends})
+            self.order = _click_order(self.order, {"point": self.points, "edge": self.edges, "end": self.ends,
+                                                   "shift": self.shifts})
         if self.box is not None:
             self.box = np.asarray(self.box, dtype=np.float32).reshape(-1)
             if self.box.shape != (4,) or not np.isfinite(self.box).all():
@@ -48,8 +55,8 @@ class Prompts:
 
     @property
     def surface_clicks(self) -> bool:
-        """Edge or end clicks: edits of auto's mask (semi mode only)."""
-        return self.edges is not None or self.ends is not None
+        """Edge, end or shift clicks: edits of auto's mask (semi mode only)."""
+        return self.edges is not None or self.ends is not None or self.shifts is not None
 
     @property
     def empty(self) -> bool:

@@ -3,15 +3,15 @@
 The decoder is re-run with the point clicks (sam2rad/model.py), but its answer is not taken whole:
 each point click keeps only the decoder's changes that touch it, in its own direction
 (sam2rad/click_edit.py), and a point the decoder left on the wrong side is held by a local edge move.
-Edge clicks move one edge of the whole surface to the click, end clicks say where the surface ends
-(sam2rad/edge_click.py).
+Edge clicks move one edge of the whole surface to the click, shift clicks the whole surface with that
+edge, end clicks say where the surface ends (sam2rad/edge_click.py).
 
 Two orders:
 - in the reader's order (`Prompts.order` given): each click edits the mask the ones before it made,
   the mask the reader saw when clicking. Why: an edge click measures its move from the edge in its
   own column; measured on `auto`'s mask instead, after a point click had already moved that column,
   it moved the whole surface too far (A -> B long bone 16: the deep edge ended 3-4 rows too deep).
-- by tool (`order` None, the order before session 20): edge clicks, then the point clicks' changes,
+- by tool (`order` None, the order before session 20): shift clicks, edge clicks, then the point clicks' changes,
   then held points, then end clicks, which have the last word on extent.
 """
 from __future__ import annotations
@@ -42,13 +42,14 @@ def edit_with_clicks(base: torch.Tensor, decoded: torch.Tensor, p: Prompts, geom
     start = decoded if whole else base
     if p.order is None:
         return _by_tool(start, decoded, p, geom, s, whole)
-    out, seen = start, {"point": 0, "edge": 0, "end": 0}
+    out, seen = start, {"point": 0, "edge": 0, "end": 0, "shift": 0}
     for kind in p.order:
         i = seen[kind]
         seen[kind] += 1
-        if kind == "edge":
-            out = apply_edge_clicks(out, geom.to_input(p.edges[i:i + 1]), p.edge_labels[i:i + 1], s.input_size,
-                                    s.threshold, geom.row_scale)
+        if kind in ("edge", "shift"):
+            xy, labels = (p.edges, p.edge_labels) if kind == "edge" else (p.shifts, p.shift_labels)
+            out = apply_edge_clicks(out, geom.to_input(xy[i:i + 1]), labels[i:i + 1], s.input_size, s.threshold,
+                                    geom.row_scale, translate=kind == "shift")
         elif kind == "end":
             out = apply_end_clicks(out, geom.to_input(p.ends[i:i + 1]), s.input_size, s.threshold)
         else:
@@ -72,6 +73,9 @@ def _point(base: torch.Tensor, decoded: torch.Tensor, out: torch.Tensor, p: Prom
 def _by_tool(start: torch.Tensor, decoded: torch.Tensor, p: Prompts, geom: ImageGeometry,
              s: ClickEditSettings, whole: bool) -> torch.Tensor:
     out = start
+    if p.shifts is not None:  # the whole surface first, then its edges
+        out = apply_edge_clicks(out, geom.to_input(p.shifts), p.shift_labels, s.input_size, s.threshold, geom.row_scale,
+                                translate=True)
     if p.edges is not None:
         out = apply_edge_clicks(out, geom.to_input(p.edges), p.edge_labels, s.input_size, s.threshold, geom.row_scale)
     if p.points is not None:

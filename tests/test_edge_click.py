@@ -351,3 +351,34 @@ def test_an_end_click_near_the_start_of_a_surface_cuts_it_back_inwards_to_the_cl
     up = torch.nn.functional.interpolate(cut, size=(128, 128), mode="bilinear", align_corners=False)[0, 0] > 0
     x = int(click_x)
     assert not up[40:52, :x + 1].any() and up[40:52, x + 1:100].all()
+
+
+@pytest.mark.parametrize("y,grow,expected", [
+    (28, True, (23, 28)),   # below the deep edge: the deep edge reaches the click, the shallow edge follows
+    (17, True, (17, 22)),   # above the shallow edge: up
+    (21, False, (22, 27)),  # inside, nearer the shallow edge: the shallow edge moves past the click, the deep one too
+])
+def test_a_shift_click_moves_the_whole_surface_with_the_edge_it_names(y, grow, expected):
+    moved = move_edge(_logits(_band()), x=30, y=y, grow=grow, translate=True)
+    for col in (10, 30, 54):
+        assert _rows(moved, col) == expected
+    assert (moved[0, 0] > 0).sum() == (_logits(_band())[0, 0] > 0).sum()  # moved, not grown or thinned
+
+
+def test_the_reader_shifts_a_surface_whose_edges_are_both_off_the_same_way():
+    from sam2rad.clicks import surface_shift_click
+
+    gt = _band(20, 25)
+    shallow = _band(19, 24)  # the whole surface a row too shallow
+    point, label = error_click(shallow, gt)
+    click = surface_shift_click(shallow, gt, point, label)
+    assert click is not None
+    moved = move_edge(_logits(shallow), *click, grow=bool(label), translate=True)
+    assert ((moved[0, 0] > 0).numpy() == gt).all()
+    thin = _band(20, 23)  # only the deep edge is off: an edge click, not a shift
+    assert surface_shift_click(thin, gt, *error_click(thin, gt)) is None
+    piece = _band(19, 24)
+    piece[40:46, 15:40] = True  # a false piece of its own, the largest error, away from the surface
+    point, label = error_click(piece, gt)
+    assert label == 0 and point[1] >= 40
+    assert surface_shift_click(piece, gt, point, label) is None

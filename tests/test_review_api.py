@@ -107,9 +107,10 @@ def test_click_gives_new_mask_and_accept_writes_seg_once(served):
     undone = client.post(f"/api/edits/{edit}/undo", json={"frame": 1}).json()
     assert undone["mask_png"] == before["mask_png"] and undone["can_redo"]
     edged = client.post(f"/api/edits/{edit}/click", json={"frame": 1, "x": missed[0], "y": missed[1], "edge": True}).json()
-    assert edged["prompts"] == [{"x": missed[0], "y": missed[1], "foreground": True, "edge": True, "end": False}]
+    assert edged["prompts"] == [{"x": missed[0], "y": missed[1], "foreground": True, "edge": True, "end": False,
+                                 "shift": False}]
     both = client.post(f"/api/edits/{edit}/click", json={"frame": 1, "x": missed[0], "y": missed[1], "edge": True, "end": True})
-    assert both.status_code == 422 and "not both" in both.text
+    assert both.status_code == 422 and "not several" in both.text
     client.post(f"/api/edits/{edit}/undo", json={"frame": 1})
     client.post(f"/api/edits/{edit}/redo", json={"frame": 1})
     accepted = client.post(f"/api/edits/{edit}/accept", json={"reader": "reader one"})

@@ -118,6 +118,12 @@ def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
         assert _near(page, *end, r=0) == 0, "the clicked run is still there"
         page.keyboard.press("u")
         page.wait_for_function(f"document.getElementById('mask-pixels').dataset.pixels == '{pixels}'", timeout=60_000)
+        page.keyboard.press("w")  # whole-surface clicks (end clicks off): the surface moves down to the click
+        assert page.is_checked("#shift-tool") and not page.is_checked("#end-tool") and not page.is_checked("#edge-tool")
+        _click_canvas(page, cols, *below_edge)
+        assert _near(page, *below_edge, r=0) == 1, "the whole-surface click did not reach the click"
+        page.keyboard.press("u")
+        page.wait_for_function(f"document.getElementById('mask-pixels').dataset.pixels == '{pixels}'", timeout=60_000)
         page.keyboard.press("e")  # back to edge clicks, as the screenshot shows them
         shot = tmp_path / "review-station.png"
         page.screenshot(path=str(shot))
@@ -144,5 +150,5 @@ def test_reader_corrects_and_accepts_in_browser(server, tmp_path):
     assert referenced == item.sop_uid
     table = pd.read_csv(run.run_dir / "review" / "review_corrections.csv")
     row = table[table.sop_uid == item.sop_uid].iloc[0]
-    assert row["outcome"] == "accepted" and row["clicks"] == 4 and row["seg_sop_uid"] == seg_uid  # the undone ones count
+    assert row["outcome"] == "accepted" and row["clicks"] == 5 and row["seg_sop_uid"] == seg_uid  # the undone ones count
     assert np.isfinite(row["dice"]) and row["seconds"] > 0

@@ -123,8 +123,26 @@ def test_an_end_click_cuts_the_surface_back_to_the_click_and_undoes(station_run)
     assert np.array_equal(cut[:, :x - 2], ai[:, :x - 2])  # the rest of the surface stays
     assert edit.state.prompts(1).clicks[-1].end
     assert edit.undo() and np.array_equal(edit.mask(1)[..., 0], ai)
-    with pytest.raises(ReviewInputError, match="not both"):
+    with pytest.raises(ReviewInputError, match="not several"):
         edit.click(1, x, float(rows.mean()), edge=True, end=True)
+
+
+def test_a_whole_surface_click_moves_both_edges_and_undoes(station_run):
+    _, station = station_run
+    items = [i for i in station.run(RUN_ID).items if i.status == "to-do" and i.n_frames == 1]
+    edit = station.open(RUN_ID, items[0].sop_uid).edit
+    ai = edit.mask(1)[..., 0].copy()
+    cols = np.nonzero(ai.any(axis=0))[0]
+    x = int(cols[len(cols) // 2])
+    top, deep = (int(r) for r in np.nonzero(ai[:, x])[0][[0, -1]])
+    moved = edit.click(1, x, deep + 3, foreground=True, shift=True)[..., 0]
+    assert np.nonzero(moved[:, x])[0][-1] == deep + 3  # the deep edge reaches the click ...
+    assert np.nonzero(moved[:, x])[0][0] > top  # ... and the shallow edge moved down with it
+    assert not moved[top, x] and edit.state.prompts(1).clicks[-1].kind == "shift"
+    assert edit.undo() and np.array_equal(edit.mask(1)[..., 0], ai)
+    edit.start_from_scratch()
+    with pytest.raises(ReviewInputError, match="shift clicks"):
+        edit.click(1, x, deep + 3, shift=True)
 
 
 def test_from_scratch_is_manual_and_reject_is_recorded(station_run):

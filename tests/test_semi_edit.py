@@ -105,3 +105,13 @@ def test_on_the_shipped_model_an_edge_click_after_a_point_click_ends_where_the_r
     by_tool = model.predict(sample.image, "semi", Prompts(**both))[0].masks[0]
     dice = lambda m: 2 * (m & gt).sum() / (m.sum() + gt.sum())  # noqa: E731
     assert dice(ordered) > dice(by_tool) + 0.05
+
+
+def test_a_shift_click_moves_autos_whole_surface_in_either_order():
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[20:24, 8:56] = True
+    auto = _logits(mask)
+    for order in (("shift",), None):
+        p = Prompts(shifts=[[30.0, 25.0]], shift_labels=[1], order=order)
+        out = (edit_with_clicks(auto, auto, p, GEOM, SETTINGS)[0, 0] > 0).numpy()
+        assert out[22:26, 8:56].all() and not out[20:22].any() and out.sum() == mask.sum()

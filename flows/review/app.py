@@ -43,6 +43,7 @@ class ClickBody(FrameBody):
     foreground: bool = True
     edge: bool = False  # move the nearest edge of the whole surface to the click
     end: bool = False  # the surface ends at the click
+    shift: bool = False  # the nearest edge goes to the click, the whole surface with it
 
     @field_validator("x", "y")
     @classmethod
@@ -110,7 +111,8 @@ def create_app(station: ReviewStation, *, token: str | None = None,
             return {"frame": frame, "mask_png": base64.b64encode(_png(mask.astype(np.uint8) * 255)).decode(),
                     "pixels": int(mask.sum()), "mode": edit.state.mode, "corrections": edit.corrections,
                     "can_undo": edit.can_undo, "can_redo": edit.can_redo,
-                    "prompts": [{"x": c.x, "y": c.y, "foreground": c.foreground, "edge": c.edge, "end": c.end}
+                    "prompts": [{"x": c.x, "y": c.y, "foreground": c.foreground, "edge": c.edge, "end": c.end,
+                                 "shift": c.shift}
                                 for c in edit.state.prompts(frame).clicks],
                     "box": edit.state.prompts(frame).box}
 
@@ -174,7 +176,7 @@ def create_app(station: ReviewStation, *, token: str | None = None,
     def click(edit_id: str, body: ClickBody) -> dict:
         opened = call(station.edit, edit_id)
         with station.locked():
-            call(opened.edit.click, body.frame, body.x, body.y, body.foreground, body.edge, body.end)
+            call(opened.edit.click, body.frame, body.x, body.y, body.foreground, body.edge, body.end, body.shift)
         return mask_json(edit_id, body.frame)
 
     @app.post("/api/edits/{edit_id}/box")

@@ -29,6 +29,11 @@ class Click:
     foreground: bool
     edge: bool = False  # an edge click: moves that edge of the whole surface to here (sam2rad/edge_click.py)
     end: bool = False  # an end click: the surface ends here (cut back to it, or extended to it)
+    shift: bool = False  # a shift click: the nearest edge goes here, the whole surface with it
+
+    @property
+    def kind(self) -> str:
+        return "end" if self.end else "edge" if self.edge else "shift" if self.shift else "point"
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class PromptModel(Protocol):
     def predict(self, images, mode: str = "auto", prompts=None) -> list: ...
 
 
-MakePrompts = Callable[..., object]  # sam2rad.model.Prompts (points, labels, box, edges, edge_labels, ends, order)
+MakePrompts = Callable[..., object]  # sam2rad.model.Prompts (points, labels, box, edges, ends, shifts, order)
 
 
 @dataclass
@@ -110,22 +115,24 @@ class InstanceEdit:
         self.corrections += 1
 
     def click(self, frame_number: int, x: float, y: float, foreground: bool = True, edge: bool = False,
-              end: bool = False) -> np.ndarray:
+              end: bool = False, shift: bool = False) -> np.ndarray:
         """A point click; with `edge` an edge click: the nearest edge of the whole surface, in depth,
         moves to the click (foreground: the bone reaches here; background: it stops before here); with
         `end` an end click: the surface ends here (on the mask it is cut back to the click, beyond its
-        end it is extended to the click)."""
+        end it is extended to the click); with `shift` a shift click: the nearest edge goes to the click as
+        with `edge`, and the whole surface moves with it."""
         frame = self.frame(frame_number)
         self._check_point(frame, x, y)
-        if edge and end:
-            raise ReviewInputError("a click is an edge click or an end click, not both")
-        if (edge or end) and self.state.mode != "semi":
-            raise ReviewInputError(f"{'edge' if edge else 'end'} clicks edit the AI mask; after 'start from scratch' use points or a box")
+        if edge + end + shift > 1:
+            raise ReviewInputError("a click is one of an edge, an end or a shift click, not several")
+        if (edge or end or shift) and self.state.mode != "semi":
+            kind = "edge" if edge else "end" if end else "shift"
+            raise ReviewInputError(f"{kind} clicks edit the AI mask; after 'start from scratch' use points or a box")
         prompts = self.state.prompts(frame_number)
         if len(prompts.clicks) + 1 > MAX_PROMPTS_PER_FRAME:
             raise ReviewInputError(f"at most {MAX_PROMPTS_PER_FRAME} clicks a frame")
         self._push(self.state.with_prompts(
-            frame_number, replace(prompts, clicks=prompts.clicks + (Click(float(x), float(y), bool(foreground), bool(edge), bool(end)),))))
+            frame_number, replace(prompts, clicks=prompts.clicks + (Click(float(x), float(y), bool(foreground), bool(edge), bool(end), bool(shift)),))))
         return self.mask(frame_number)
 
     def draw_box(self, frame_number: int, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -172,14 +179,14 @@ class InstanceEdit:
         box = None if prompts.box is None else np.array(
             [prompts.box[0] - b.min_x0, prompts.box[1] - b.min_y0, prompts.box[2] - b.min_x0,
              prompts.box[3] - b.min_y0], dtype=np.float32)
-        kinds, order = {}, tuple("end" if c.end else "edge" if c.edge else "point" for c in prompts.clicks)
-        for kind in ("point", "edge", "end"):
+        kinds, order = {}, tuple(c.kind for c in prompts.clicks)
+        for kind in ("point", "edge", "end", "shift"):
             clicks = [c for c, k in zip(prompts.clicks, order) if k == kind]
             kinds[kind] = (np.array([[c.x - b.min_x0, c.y - b.min_y0] for c in clicks], dtype=np.float32) if clicks else None,
                            np.array([1 if c.foreground else 0 for c in clicks], dtype=np.int64) if clicks else None)
         return self.make_prompts(points=kinds["point"][0], labels=kinds["point"][1], box=box,
                                  edges=kinds["edge"][0], edge_labels=kinds["edge"][1], ends=kinds["end"][0],
-                                 order=order or None)  # each click edits the mask the reader saw
+                                 shifts=kinds["shift"][0], shift_labels=kinds["shift"][1], order=order or None)  # each click edits the mask the reader saw
 
     def warm(self, frame_number: int) -> None:
         """Encode the frame now (the first view's cost), so the reader's first click runs the decoder only."""

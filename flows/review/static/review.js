@@ -105,6 +105,7 @@ function draw() {
     g.fillStyle = p.foreground ? "#0f0" : "#f33";
     if (p.end) { g.fillStyle = "#fa0"; g.fillRect(p.x - 1, p.y - 7, 3, 15); }  // an end click: a bar across the surface's end
     else if (p.edge) g.fillRect(p.x - 6, p.y - 1, 13, 3);  // an edge click: a bar along the edge it moved
+    else if (p.shift) { g.fillRect(p.x - 6, p.y - 4, 13, 2); g.fillRect(p.x - 6, p.y + 2, 13, 2); }  // a shift: both edges
     else { g.beginPath(); g.arc(p.x, p.y, 3, 0, 7); g.fill(); }
   }
 }
@@ -129,7 +130,8 @@ $("view").addEventListener("mouseup", (ev) => {
   const [x0, y0] = down.p, [x1, y1] = imagePoint(ev), bg = down.button === 2 || down.shift;
   down = null;
   if (Math.abs(x1 - x0) > 4 && Math.abs(y1 - y0) > 4) correct("box", {frame: S.frame, x0, y0, x1, y1});
-  else correct("click", {frame: S.frame, x: Math.round(x0), y: Math.round(y0), foreground: !bg, edge: $("edge-tool").checked, end: $("end-tool").checked});
+  else correct("click", {frame: S.frame, x: Math.round(x0), y: Math.round(y0), foreground: !bg, edge: $("edge-tool").checked,
+                                end: $("end-tool").checked, shift: $("shift-tool").checked});
 });
 
 const reader = () => { const r = $("reader").value.trim(); localStorage.setItem("sam2rad-reader", r); return r; };
@@ -171,14 +173,18 @@ document.addEventListener("keydown", (ev) => {
   else if (k === "r") decide("reject");
   else if (k === "n") next();
   else if (k === "o") { $("outline").checked = !$("outline").checked; draw(); }
-  else if (k === "e") { $("edge-tool").checked = !$("edge-tool").checked; $("end-tool").checked = false; }
-  else if (k === "x") { $("end-tool").checked = !$("end-tool").checked; $("edge-tool").checked = false; }
+  else if (k === "e" || k === "x" || k === "w") pickTool({e: "edge-tool", x: "end-tool", w: "shift-tool"}[k], true);
   else if (S.info && ev.key === "ArrowRight" && S.frame < S.info.n_frames) showFrame(S.frame + 1);
   else if (S.info && ev.key === "ArrowLeft" && S.frame > 1) showFrame(S.frame - 1);
   else return;
   ev.preventDefault();
 });
 loadRuns().catch((e) => say(e.message, true));
-// One tool at a time: an edge click and an end click mean different things.
-$("edge-tool").addEventListener("change", () => { if ($("edge-tool").checked) $("end-tool").checked = false; });
-$("end-tool").addEventListener("change", () => { if ($("end-tool").checked) $("edge-tool").checked = false; });
+// One tool at a time: edge, end and whole-surface clicks mean different things.
+const TOOLS = ["edge-tool", "end-tool", "shift-tool"];
+function pickTool(id, toggle) {
+  const on = toggle ? !$(id).checked : $(id).checked;
+  for (const t of TOOLS) $(t).checked = false;
+  $(id).checked = on;
+}
+for (const t of TOOLS) $(t).addEventListener("change", () => pickTool(t, false));

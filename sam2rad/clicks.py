@@ -93,20 +93,26 @@ def typical_edge_click(pred: np.ndarray, gt: np.ndarray, point: list[float], lab
         err = (g_last - p_last)[cols] if label == 1 else (p_last - g_last)[cols]
     else:
         err = (p_first - g_first)[cols] if label == 1 else (g_first - p_first)[cols]
-    err = np.maximum(err, 0)
-    # The largest move that at least EDGE_TYPICAL_SHARE of the columns need.
-    amount = max((n for n in range(1, int(err.max()) + 1) if np.mean(err >= n) >= EDGE_TYPICAL_SHARE), default=0)
+    amount = _typical_amount(err)
     if amount < 1:
         return None
-    near = cols[err == amount]
-    c = int(near[np.argmin(np.abs(near - x))])
-    if label == 1:
-        row = g_last[c] if deep_edge else g_first[c]
-    else:
-        row = g_last[c] + 1 if deep_edge else g_first[c] - 1
-        # The edge tool moves the mask's nearer edge: the click must stay nearer the edge it names.
-        if (p_last[c] - row <= row - p_first[c]) != deep_edge:
-            return None
+    return _on_true_edge(pred, gt, cols[err == amount], x, label, deep_edge)
+
+
+def _on_true_edge(pred: np.ndarray, gt: np.ndarray, cols: np.ndarray, x: int, label: int,
+                  deep_edge: bool) -> list[float] | None:
+    """A surface tool's click on the true edge it names, in the column of `cols` nearest x: on the
+    edge's last true row (a grow) or the first row past it (a shrink); None when empty, or when a
+    shrink click would lie nearer the mask's other edge (the tools move the nearer one)."""
+    if len(cols) == 0:
+        return None
+    p_first, p_last, _ = column_ends(pred)
+    g_first, g_last, _ = column_ends(gt)
+    c = int(cols[np.argmin(np.abs(cols - x))])
+    edge_row = g_last[c] if deep_edge else g_first[c]
+    row = edge_row if label == 1 else edge_row + (1 if deep_edge else -1)
+    if label == 0 and (p_last[c] - row <= row - p_first[c]) != deep_edge:
+        return None
     return [float(c), float(row)]
 
 
@@ -147,15 +153,7 @@ def surface_shift_click(pred: np.ndarray, gt: np.ndarray, point: list[float], la
             continue
         deep_edge = down == (label == 1)  # going deeper: grow the deep edge or shrink the shallow one
         err = sign * ((g_last - p_last) if deep_edge else (g_first - p_first))[cols]
-        near_cols = cols[err == amount]
-        if len(near_cols) == 0:
-            return None
-        c = int(near_cols[np.argmin(np.abs(near_cols - x))])
-        edge_row = g_last[c] if deep_edge else g_first[c]
-        row = edge_row if label == 1 else edge_row + (1 if deep_edge else -1)
-        if label == 0 and (p_last[c] - row <= row - p_first[c]) != deep_edge:
-            return None  # the tool moves the mask's nearer edge: the click must stay nearer the one it names
-        return [float(c), float(row)]
+        return _on_true_edge(pred, gt, cols[err == amount], x, label, deep_edge)
     return None
 
 

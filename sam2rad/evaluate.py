@@ -69,7 +69,7 @@ def reader_session(model: Sam2Rad, image: np.ndarray, gt: np.ndarray, start: np.
         tried.append((point[0], point[1], label))
         end = surface_end_click(current, gt, point, label) if reader == "tools" else None
         shift = surface_shift_click(current, gt, point, label) if reader == "tools" and end is None else None
-        typical = typical_edge_click(current, gt, point, label) if reader == "tools" and end is None else None
+        typical = typical_edge_click(current, gt, point, label) if reader == "tools" and end is None and shift is None else None
         if end is not None:
             tool, point = "end", end
         elif shift is not None:

@@ -3,8 +3,8 @@
 For each test set: `auto` Dice; the evaluation's reader (`sam2rad evaluate --clicks CAP`, tools
 reader) with its NoC@85 / NoC@90; and an oracle that knows the truth and makes, click by click, the
 one exact move that raises Dice most, with the whole-surface edge moves only, with end moves added,
-and with local edge moves added (NoC capped at CAP clicks: an image never reaching the Dice counts
-CAP). The issue's goal is NoC@90 <= 2; where even the oracle is above it, no reader rule reaches it
+with local edge moves added, and with whole-surface shifts (both edges) added (NoC capped at CAP
+clicks: an image never reaching the Dice counts CAP). The issue's goal is NoC@90 <= 2; where even the oracle is above it, no reader rule reaches it
 with these tools and `auto` itself has to get better. The same for the first click: on the images
 where `auto` Dice is under 0.85, the reader's first-click gain beside the oracle's best single move
 (every tool); the goal is +0.08.
@@ -26,7 +26,8 @@ from sam2rad.data.specs import load_spec
 from sam2rad.evaluate import click_statistics, evaluate_model
 from sam2rad.metrics import dice
 
-TOOL_SETS = {"surface": ("surface",), "+end": ("surface", "end"), "+local": ("surface", "end", "local")}
+TOOL_SETS = {"surface": ("surface",), "+end": ("surface", "end"), "+local": ("surface", "end", "local"),
+             "+shift": ("surface", "end", "local", "shift")}
 
 
 def main() -> None:

@@ -9,7 +9,9 @@ from moves made exactly (whole pixels, no decoder, no logits):
 - "end": a stretch of columns where only the mask or only the truth has a surface is set right, as
   an end click cuts a surface back or extends it;
 - "local": one edge moves by its error at one column, over LOCAL_HALF_WIDTH columns either side,
-  as a held point click moves an edge locally (there tapered).
+  as a held point click moves an edge locally (there tapered);
+- "shift": both edges of every column holding mask move by the same 1-3 rows, as a whole-surface
+  (shift) click moves the surface without changing its thickness (session 20).
 Masks are taken one run per column (first to last row), which bone surfaces are; the starting
 Dice is that of this filled mask. Greedy choice is not always the best sequence, and the real tools
 can do what these moves cannot (point clicks through the decoder, edge moves scaled along the edge's
@@ -25,7 +27,7 @@ import numpy as np
 
 from .edge_click import column_ends
 
-TOOLS = ("surface", "end", "local")
+TOOLS = ("surface", "end", "local", "shift")
 LOCAL_HALF_WIDTH = 8  # source columns either side of the clicked one
 SURFACE_MOVES = (-3, -2, -1, 1, 2, 3)  # rows
 
@@ -59,9 +61,12 @@ def _stretches(sel: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1))
 
 
-def _moved(pf, pl, cols, edge: int, by) -> tuple[np.ndarray, np.ndarray]:
+def _moved(pf, pl, cols, edge: int | None, by) -> tuple[np.ndarray, np.ndarray]:
+    """Edge 0 (shallow) or 1 (deep) of `cols` moved `by` rows; edge None: both, the run shifted."""
     qf, ql = pf.copy(), pl.copy()
-    (qf if edge == 0 else ql)[cols] += by
+    for e, q in ((0, qf), (1, ql)):
+        if edge is None or edge == e:
+            q[cols] += by
     bad = qf > ql  # an edge moved past the other: that column keeps its run
     qf[bad], ql[bad] = pf[bad], pl[bad]
     return qf, ql
@@ -81,6 +86,10 @@ def candidate_moves(pf, pl, gf, gl, tools: Sequence[str]) -> Iterator[tuple[str,
         for edge in (0, 1):
             for by in SURFACE_MOVES:
                 yield ("surface", *_moved(pf, pl, cols, edge, by))
+    if "shift" in tools and has.any():
+        cols = np.nonzero(has)[0]
+        for by in SURFACE_MOVES:
+            yield ("shift", *_moved(pf, pl, cols, None, by))
     if "local" in tools:
         both = has & g_has
         for edge, err in ((0, pf - gf), (1, pl - gl)):

@@ -50,3 +50,11 @@ def test_bad_arguments_are_refused():
         oracle_clicks(GT, GT, ("brush",))
     with pytest.raises(ValueError, match="one shape"):
         oracle_clicks(GT, GT[:, :50])
+
+
+def test_a_band_too_shallow_as_a_whole_takes_one_shift_click_not_two_edge_clicks():
+    pred = band(8, 12, range(20, 81))  # the right thickness, 2 rows too shallow
+    edges_only = oracle_clicks(pred, GT, ("surface", "end", "local"), target=1.0)
+    with_shift = oracle_clicks(pred, GT, target=1.0)
+    assert with_shift.tools == ["shift"] and with_shift.dice[-1] == 1.0
+    assert edges_only.clicks_to(1.0, 10) == 2 and set(edges_only.tools) == {"surface"}

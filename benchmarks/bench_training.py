@@ -9,6 +9,7 @@ best epoch is projected: its first epoch as measured (one-off warm-up included),
 their mean cost, each validation at its measured extra cost (--uncached-epochs 0 runs it fully).
 Defaults are the training recipe's (`sam2rad train` on 10 images). The goal: < 5 min on 2 CPU threads.
 Usage: .venv/bin/python benchmarks/bench_training.py [--epochs N] [--threads 2] [--device cpu] [--uncached-epochs 0]
+       [--denormals-ab]   (the recipe flushes float denormals on a CPU; this also times it without)
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def main() -> None:
                     help="cached augmented copies per image; default: the recipe's (TrainConfig)")
     ap.add_argument("--val", default="none", help="validation images for best-epoch selection, e.g. synthetic:8:1; "
                     "'none' (default) is the recipe for 10 images: all train, fixed schedule, final weights")
+    ap.add_argument("--denormals-ab", action="store_true",
+                    help="also train with float denormals kept (TrainConfig.flush_denormals=False) right before "
+                         "the recipe's run, and print both side by side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train, _ = load_spec("synthetic:10:0")
@@ -61,6 +65,9 @@ def main() -> None:
     base = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, augment_copies=args.augment_copies,
                 val_every=args.val_every, seed=0)
 
+    kept = None
+    if args.denormals_ab:  # first, so that a machine slowing down over the runs favours neither
+        kept = Trainer(TrainConfig(**base, flush_denormals=False), device=args.device).fit(train, val, progress=False)
     cached = Trainer(TrainConfig(**base), device=args.device).fit(train, val, progress=False)
     un_epochs = args.uncached_epochs or args.epochs
     if un_epochs < 2:
@@ -85,6 +92,14 @@ def main() -> None:
     print(f"cached run: encoding phase {cached.seconds_encoding:.0f} s for {cached.encodings} images; "
           f"{(cached.seconds - cached.seconds_encoding) / args.epochs:.2f} s an epoch after it (with validation); "
           f"uncached: {per_epoch_uncached:.2f} s an epoch")
+    if kept is not None:
+        def per_epoch(r):
+            return (r.seconds - r.seconds_encoding) / args.epochs
+        print(f"denormals kept / flushed (the recipe): {kept.seconds:.0f} / {cached.seconds:.0f} s in all "
+              f"({kept.seconds / cached.seconds:.2f}x); encoding {kept.seconds_encoding:.0f} / "
+              f"{cached.seconds_encoding:.0f} s; {per_epoch(kept):.2f} / {per_epoch(cached):.2f} s an epoch")
+        kept_rows = evaluate_model(kept.model, test)
+        print(f"held-out {test_name}, denormals kept:\n{format_table(summarise(kept_rows))}")
     print(f"\nheld-out: {test_name}\n{format_table(summarise(rows))}")
 
 

@@ -38,7 +38,8 @@ def train_sam2rad(train_samples, epochs=None, seed=0, init=None, device="cpu"):
     """What `sam2rad train --data <train_samples>` does: TrainConfig defaults (only epochs/seed/init
     overridden when given), the CLI's default training plan (plan_training), then Trainer.fit.
     Returns (model, where training started)."""
-    from sam2rad.train import TrainConfig, Trainer, plan_training
+    from sam2rad.train import TrainConfig, Trainer
+    from sam2rad.training_plan import plan_training
 
     given = {"epochs": epochs, "seed": seed, "init": init}
     cfg = TrainConfig.from_dict({k: v for k, v in given.items() if v is not None})

@@ -58,12 +58,19 @@ class ConfidenceReference:
         return cls(float(data["floor"]), float(data["median"]), int(data["n_images"]), SCORE_NAME)
 
 
-def reference_scores(model, images: Sequence[np.ndarray], batch_size: int = 4) -> ConfidenceReference:
-    """Score `images` (the training images) in auto mode, as inference will, and summarise."""
+def reference_scores(model, images: Sequence[np.ndarray], batch_size: int = 4,
+                     encodings: Sequence[tuple] | None = None) -> ConfidenceReference:
+    """Score `images` (the training images) in auto mode, as inference will, and summarise.
+    encodings: (features, geometry) per image where they are known already (the training cache's
+    copy of the unaugmented image), so the model takes them instead of running its encoder again."""
     if not images:
         raise ValueError("a confidence reference needs at least one image")
+    if encodings is not None and len(encodings) != len(images):
+        raise ValueError(f"{len(encodings)} encodings for {len(images)} images")
     scores: list[float] = []
     for start in range(0, len(images), batch_size):
+        for i in range(start, min(start + batch_size, len(images))) if encodings is not None else ():
+            model.adopt_encoding(images[i], *encodings[i])
         for pred in model.predict(list(images[start:start + batch_size]), "auto"):
             scores.extend(float(s) for s in pred.scores)
         model.clear_cache()  # training images are not worth keeping encoded

@@ -8,9 +8,8 @@ Modes of `Sam2Rad.predict`:
 """
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
@@ -30,26 +29,10 @@ from .prompts import Prompts, validate_image  # noqa: F401 - Prompts is part of 
 from .click_edit import DEFAULT_CLICK_REACH_PX
 from .edge_click import HOLD_WINDOW_PX
 from .semi_edit import ClickEditSettings, edit_with_clicks
+from .encoded_image import EncodedImage, image_key
 
 Mode = Literal["auto", "semi", "manual"]
 MODES: tuple[str, ...] = ("auto", "semi", "manual")
-
-
-def _image_key(image: np.ndarray) -> str:
-    digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16)
-    digest.update(str((image.shape, image.dtype.str)).encode())
-    return digest.hexdigest()
-
-
-@dataclass
-class EncodedImage:
-    features: FeaturePyramid  # one row
-    geometry: ImageGeometry
-    auto_boxes: torch.Tensor | None = None  # (C, 4) the second-pass boxes, computed on first use
-    auto_logits: torch.Tensor | None = None  # (C, 1, s, s) auto's final logits: what a click edits
-    # auto_logits with the parts auto dropped, per (threshold, part fraction): per class
-    auto_bases: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
-    mirrored: FeaturePyramid | None = None  # of the mirrored input, where flip_test_time is on
 
 
 @dataclass
@@ -139,7 +122,7 @@ class Sam2Rad(nn.Module):
     # --- encoding (cached: the backbone is frozen, so an image's features never change) ---------
     @torch.no_grad()
     def encode(self, images: Sequence[np.ndarray]) -> list[EncodedImage]:
-        keys = [_image_key(img) for img in images]
+        keys = [image_key(img) for img in images]
         flip = self.flip_test_time
         todo = [i for i, k in enumerate(keys) if k not in self._cache or (flip and self._cache[k].mirrored is None)]
         if todo:
@@ -161,6 +144,11 @@ class Sam2Rad(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    def adopt_encoding(self, image: np.ndarray, features: FeaturePyramid, geometry: ImageGeometry) -> None:
+        """Take `features` (one row, such as the training cache's) as `image`'s encoding: no encoder pass."""
+        self._cache[image_key(image)] = EncodedImage(features.detach_to(self.device), geometry)
+        self._cache.move_to_end(image_key(image))
 
     # --- the differentiable path (training and auto/semi inference) -----------------------------
     def prompts_from_ppn(self, ppn_out: PPNOutput, boxes_px: torch.Tensor | None = None,

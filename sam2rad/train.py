@@ -34,6 +34,7 @@ from .metrics import dice
 from .model import Sam2Rad, build_sam2rad
 from .ppn import PPNConfig
 from .refine import RefinerConfig
+from .training_plan import SMALL_DATASET
 from .init_weights import FROM_SCRATCH_LR, apply_init, blend_with_start, default_lr, resolve_start_share, start_state
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
@@ -387,9 +388,10 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.model.eval()
         # What "sure" means for these weights: their scores on the images they learned from (an even
-        # spread of at most REFERENCE_IMAGES of them: each costs an encoder pass).
-        step = max(1, -(-len(train) // REFERENCE_IMAGES))
-        self.model.confidence_reference = reference_scores(self.model, [s.image for s in train[::step]])
+        # spread of at most REFERENCE_IMAGES of them), on the cache's encodings of the originals (copy 0).
+        picks = range(0, len(train), max(1, -(-len(train) // REFERENCE_IMAGES)))
+        known = None if uncached else [(train_ex[i * copies].features, train_ex[i * copies].geometry) for i in picks]
+        self.model.confidence_reference = reference_scores(self.model, [train[i].image for i in picks], encodings=known)
         return TrainResult(self.model, best[0], best[1], history, elapsed,
                            best[3] if best[2] is not None else elapsed, self.cache.misses, self.cache.hits,
                            seconds_encoding, self.init_note)
@@ -399,42 +401,8 @@ def _progress(it, enabled: bool, desc: str):
     if not enabled:
         return it
     from tqdm.auto import tqdm
+
     return tqdm(it, desc=desc, unit="epoch", dynamic_ncols=True)
-
-
-# With this few labelled images a hold-out costs more than it tells: 2 of 10 images are a fifth of
-# the training signal, and a 2-image validation Dice is too noisy to pick an epoch by.
-SMALL_DATASET = 20
-
-
-@dataclass
-class TrainingPlan:
-    train: list[Sample]
-    val: list[Sample]
-    note: str  # what was chosen and why, for the user and the model card
-
-
-def plan_training(samples: Sequence[Sample], val_samples: Sequence[Sample] | None = None,
-                  val_fraction: float | None = None, seed: int = 0) -> TrainingPlan:
-    """Which images train and which validate: explicit validation data if given; with at most
-    SMALL_DATASET images and no val_fraction, all of them train on a fixed schedule (final weights);
-    otherwise val_fraction (default 0.2) is held out to pick the best epoch."""
-    from .data.datasets import InMemoryDataset, train_val_split
-
-    samples = list(samples)
-    if val_samples:
-        return TrainingPlan(samples, list(val_samples), f"{len(samples)} images train; {len(val_samples)} "
-                            "given validation images pick the best epoch")
-    if val_fraction is None and len(samples) <= SMALL_DATASET:
-        return TrainingPlan(samples, [], f"all {len(samples)} images train on a fixed schedule and the final "
-                            f"weights are kept (<= {SMALL_DATASET} labelled images: no hold-out; pass "
-                            "--val-fraction or --val-data to hold some out)")
-    fraction = 0.2 if val_fraction is None else val_fraction
-    if fraction == 0:
-        return TrainingPlan(samples, [], f"all {len(samples)} images train (val fraction 0); final weights kept")
-    tr, va = train_val_split(InMemoryDataset(samples), fraction, seed=seed)
-    return TrainingPlan(list(tr), list(va), f"{len(tr)} images train; {len(va)} held out "
-                        f"(val fraction {fraction:g}) pick the best epoch")
 
 
 def training_summary(train: Sequence[Sample], val: Sequence[Sample], cfg: TrainConfig, result: TrainResult,

@@ -11,7 +11,8 @@ from sam2rad.data.specs import load_spec
 from sam2rad.evaluate import click_statistics, evaluate_model, format_click_statistics, number_of_clicks, EvalRow
 from sam2rad.model import Prompts, Sam2Rad, build_sam2rad
 from sam2rad.refine import RefinerConfig, click_maps
-from sam2rad.train import TrainConfig, Trainer, plan_training
+from sam2rad.train import TrainConfig, Trainer
+from sam2rad.training_plan import plan_training
 from tests.band_image import speckle_band_image
 
 torch.set_num_threads(2)

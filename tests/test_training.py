@@ -29,6 +29,7 @@ def trained(ten_images):
     trainer = Trainer(cfg)
     before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
     result = trainer.fit(ten_images[:8], ten_images[8:], progress=False)
+    trainer.encoder_calls_after_fit = trainer.model.encoder_calls
     return trainer, result, before
 
 
@@ -50,9 +51,11 @@ def test_ten_image_training_lowers_loss_and_leaves_backbone(trained):
 
 
 def test_feature_cache_encodes_each_image_once(trained):
-    _, result, _ = trained
+    trainer, result, _ = trained
     # 8 training + 2 validation images, one copy each: encoded once, reused for all 6 epochs.
     assert result.encodings == 10
+    # The confidence reference scores the cache's encodings of the training images: no encoder pass.
+    assert trainer.encoder_calls_after_fit == 0 and trainer.model.confidence_reference.n_images == 8
 
 
 def test_without_cache_every_step_and_validation_re_encodes(ten_images):

@@ -37,7 +37,8 @@ def train(
     from pipeline.training_data import load_data_spec
     from sam2rad.checkpoint import save_checkpoint
     from sam2rad.config_file import train_config_from
-    from sam2rad.train import Trainer, plan_training, training_summary
+    from sam2rad.train import Trainer, training_summary
+    from sam2rad.training_plan import plan_training
 
     torch.set_num_threads(threads)
     flags = dict(backbone=backbone, backbone_checkpoint=backbone_checkpoint, input_size=input_size, init=init, epochs=epochs,

@@ -69,9 +69,10 @@ def reference_scores(model, images: Sequence[np.ndarray], batch_size: int = 4,
         raise ValueError(f"{len(encodings)} encodings for {len(images)} images")
     scores: list[float] = []
     for start in range(0, len(images), batch_size):
-        for i in range(start, min(start + batch_size, len(images))) if encodings is not None else ():
-            model.adopt_encoding(images[i], *encodings[i])
-        for pred in model.predict(list(images[start:start + batch_size]), "auto"):
+        batch = list(images[start:start + batch_size])
+        for image, known in zip(batch, encodings[start:start + batch_size] if encodings is not None else []):
+            model.adopt_encoding(image, *known)
+        for pred in model.predict(batch, "auto"):
             scores.extend(float(s) for s in pred.scores)
         model.clear_cache()  # training images are not worth keeping encoded
     return ConfidenceReference(float(np.min(scores)), float(np.median(scores)), len(images))

@@ -147,8 +147,9 @@ class Sam2Rad(nn.Module):
 
     def adopt_encoding(self, image: np.ndarray, features: FeaturePyramid, geometry: ImageGeometry) -> None:
         """Take `features` (one row, such as the training cache's) as `image`'s encoding: no encoder pass."""
-        self._cache[image_key(image)] = EncodedImage(features.detach_to(self.device), geometry)
-        self._cache.move_to_end(image_key(image))
+        key = image_key(image)
+        self._cache[key] = EncodedImage(features.detach_to(self.device), geometry)
+        self._cache.move_to_end(key)
 
     # --- the differentiable path (training and auto/semi inference) -----------------------------
     def prompts_from_ppn(self, ppn_out: PPNOutput, boxes_px: torch.Tensor | None = None,

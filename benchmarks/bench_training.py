@@ -71,14 +71,14 @@ def main() -> None:
     if args.denormals_ab:  # first, so that a machine slowing down over the runs favours neither
         kept = Trainer(TrainConfig(**base, flush_denormals=False), device=args.device).fit(train, val, progress=False)
     recipe = Trainer(TrainConfig(**base), device=args.device)
-    args.epochs = base["epochs"] = recipe.cfg.epochs  # the length the recipe settled on
+    epochs = base["epochs"] = recipe.cfg.epochs  # the length the recipe settled on
     wall = time.perf_counter()
     cached = recipe.fit(train, val, progress=False)
     wall = time.perf_counter() - wall  # what `sam2rad train` waits for: with the confidence reference
-    un_epochs = args.uncached_epochs or args.epochs
+    un_epochs = args.uncached_epochs or epochs
     if un_epochs < 2:
         ap.error("--uncached-epochs must be at least 2 (its later epochs give the per-epoch cost), or 0")
-    if val and un_epochs < args.val_every and un_epochs != args.epochs:
+    if val and un_epochs < args.val_every and un_epochs != epochs:
         ap.error("--uncached-epochs must reach a validation (at least --val-every), so its cost is measured")
     uncached = Trainer(TrainConfig(**{**base, "epochs": un_epochs, "cache": "none"}),
                        device=args.device).fit(train, val, progress=False)
@@ -87,21 +87,21 @@ def main() -> None:
     label = "measured" if not args.uncached_epochs else f"projected from {un_epochs} measured epochs"
 
     rows = evaluate_model(cached.model, test)
-    print(f"\n10-shot training, threads={args.threads}, device={args.device}, epochs={args.epochs}")
+    print(f"\n10-shot training, threads={args.threads}, device={args.device}, epochs={epochs}")
     print(f"{'run':<28}{'encoder passes':>16}{'best epoch':>12}{'s to best':>12}{'s total':>10}")
     print(f"{'with feature cache':<28}{cached.encodings:>16}{cached.best_epoch:>12}"
           f"{cached.seconds_to_best:>12.0f}{cached.seconds:>10.0f}")
     print(f"{'without cache':<28}{uncached_passes:>16}{cached.best_epoch:>12}{projected:>12.0f}"
-          f"{per_epoch_uncached * args.epochs:>10.0f}   ({label})")
+          f"{per_epoch_uncached * epochs:>10.0f}   ({label})")
     print(f"the recipe's fit() from start to return (model built before; confidence reference included): {wall:.0f} s")
     print(f"speed-up to best epoch: {projected / cached.seconds_to_best:.1f}x; best validation Dice "
           f"{cached.best_val_dice:.3f}")
     print(f"cached run: encoding phase {cached.seconds_encoding:.0f} s for {cached.encodings} images; "
-          f"{(cached.seconds - cached.seconds_encoding) / args.epochs:.2f} s an epoch after it (with validation); "
+          f"{(cached.seconds - cached.seconds_encoding) / epochs:.2f} s an epoch after it (with validation); "
           f"uncached: {per_epoch_uncached:.2f} s an epoch")
     if kept is not None:
         def per_epoch(r):
-            return (r.seconds - r.seconds_encoding) / args.epochs
+            return (r.seconds - r.seconds_encoding) / epochs
         print(f"denormals kept / flushed (the recipe): {kept.seconds:.0f} / {cached.seconds:.0f} s in all "
               f"({kept.seconds / cached.seconds:.2f}x); encoding {kept.seconds_encoding:.0f} / "
               f"{cached.seconds_encoding:.0f} s; {per_epoch(kept):.2f} / {per_epoch(cached):.2f} s an epoch")

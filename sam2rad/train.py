@@ -24,7 +24,8 @@ import torch
 from .augment import augment, jitter_refiner_input, warp_rows
 from .backbones.base import FeaturePyramid
 from .clicks import error_click, training_click
-from .confidence import REFERENCE_IMAGES, reference_scores
+from .confidence import (BASIS_COPIES, COPIES_QUANTILE, REFERENCE_COPIES, REFERENCE_IMAGES,
+                         reference_scores)
 from .cpu_flags import flush_denormals
 from .mask_box import boxes_from_logits
 from .data.datasets import Sample
@@ -38,8 +39,8 @@ from .training_plan import SMALL_DATASET
 from .init_weights import (FROM_SCRATCH_EPOCHS, FROM_SCRATCH_LR, apply_init, blend_with_start, default_epochs, default_lr,
                            resolve_start_share, start_state)
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "cat_pyramids",
-           "training_click", "augment"]
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "training_summary", "class_masks", "augmented_copy",
+           "cat_pyramids", "training_click", "augment"]
 
 
 @dataclass
@@ -143,6 +144,18 @@ def class_masks(sample: Sample, num_classes: int) -> np.ndarray:
 
 
 # --- the loop -----------------------------------------------------------------------------------
+def augmented_copy(sample: Sample, index: int, copy: int, seed: int, num_classes: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(image, class masks) of training copy `copy` of the `index`-th image (0: the original), as the
+    trainer caches it; the same on every call."""
+    masks = class_masks(sample, num_classes)
+    if copy == 0:
+        return sample.image, masks
+    # Same seed per class so image and every class mask get the same transform.
+    aug = [augment(sample.image, m, np.random.default_rng([seed, index, copy])) for m in masks]
+    return aug[0][0], np.stack([a[1] for a in aug])
+
+
 @dataclass
 class TrainResult:
     model: Sam2Rad
@@ -192,13 +205,7 @@ class Trainer:
     def _example(self, sample: Sample, index: int, copy: int, seed: int, tag: str) -> CachedExample:
         """Augmented copy `copy` of a sample (copy 0 is the original), encoded through the cache."""
         bb = self.model.backbone
-        masks = class_masks(sample, self.model.num_classes)
-        if copy == 0:
-            img, ms = sample.image, masks
-        else:
-            # Same seed per class so image and every class mask get the same transform.
-            aug = [augment(sample.image, m, np.random.default_rng([seed, index, copy])) for m in masks]
-            img, ms = aug[0][0], np.stack([a[1] for a in aug])
+        img, ms = augmented_copy(sample, index, copy, seed, self.model.num_classes)
         feats, geom = self.cache.encode(img, f"{tag}:{sample.name}:{copy}:{seed}")
         # Targets at the finest output: the refiner's (model input) or else the decoder's.
         out_side = bb.input_size if self.model.refiner is not None else bb.prompt_encoder.mask_input_size[0]
@@ -392,14 +399,26 @@ class Trainer:
         blend_with_start(self.model, self.start, self.cfg.start_share)
         elapsed = time.perf_counter() - start
         self.model.eval()
-        # What "sure" means for these weights: their scores on the images they learned from (an even
-        # spread of at most REFERENCE_IMAGES of them), on the cache's encodings of the originals (copy 0).
-        picks = range(0, len(train), max(1, -(-len(train) // REFERENCE_IMAGES)))
-        known = None if uncached else [(train_ex[i * copies].features, train_ex[i * copies].geometry) for i in picks]
-        self.model.confidence_reference = reference_scores(self.model, [train[i].image for i in picks], encodings=known)
+        self.model.confidence_reference = self._reference(train, train_ex, copies, uncached)
         return TrainResult(self.model, best[0], best[1], history, elapsed,
                            best[3] if best[2] is not None else elapsed, self.cache.misses, self.cache.hits,
                            seconds_encoding, self.init_note)
+
+
+    def _reference(self, train: Sequence[Sample], train_ex: list[CachedExample], copies: int, uncached: bool):
+        """What "sure" means for these weights: their scores on the augmented copies they learned from
+        (an even spread of images, at most REFERENCE_COPIES copies), on the cache's encodings; without
+        copies or a cache, on the originals (at most REFERENCE_IMAGES, re-encoded where uncached)."""
+        if uncached or copies < 2:
+            picks = range(0, len(train), max(1, -(-len(train) // REFERENCE_IMAGES)))
+            known = None if uncached else [(train_ex[i * copies].features, train_ex[i * copies].geometry) for i in picks]
+            return reference_scores(self.model, [train[i].image for i in picks], encodings=known)
+        per_image = min(copies - 1, REFERENCE_COPIES)
+        picks = range(0, len(train), max(1, -(-len(train) * per_image // REFERENCE_COPIES)))
+        rows = [(i, c) for i in picks for c in range(1, per_image + 1)]
+        images = [augmented_copy(train[i], i, c, self.cfg.seed, self.model.num_classes)[0] for i, c in rows]
+        known = [(train_ex[i * copies + c].features, train_ex[i * copies + c].geometry) for i, c in rows]
+        return reference_scores(self.model, images, encodings=known, quantile=COPIES_QUANTILE, basis=BASIS_COPIES)
 
 
 def _progress(it, enabled: bool, desc: str):

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from sam2rad.backbones import build_backbone
+from sam2rad.confidence import BASIS_COPIES, BASIS_ORIGINALS, COPIES_QUANTILE
 from sam2rad.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
 from sam2rad.data.specs import load_spec
 from sam2rad.evaluate import evaluate_model, simulated_click, summarise
 from sam2rad.model import build_sam2rad
-from sam2rad.train import TrainConfig, Trainer, cat_pyramids, training_click
+from sam2rad.train import TrainConfig, Trainer, augmented_copy, cat_pyramids, training_click
 
 torch.set_num_threads(2)
 
@@ -102,13 +103,29 @@ def test_training_records_the_lowest_score_on_its_own_images_and_the_card_keeps_
     trainer, _, _ = trained
     ref = trainer.model.confidence_reference
     scores = [float(p.scores[0]) for p in trainer.model.predict([s.image for s in ten_images[:8]])]
-    assert ref.n_images == 8 and ref.floor == pytest.approx(min(scores), abs=1e-4)
+    # One copy each (no augmentation): the originals' lowest score.
+    assert ref.basis == BASIS_ORIGINALS and ref.n_images == 8 and ref.floor == pytest.approx(min(scores), abs=1e-4)
     assert ref.median == pytest.approx(float(np.median(scores)), abs=1e-4) and 0 < ref.floor <= ref.median <= 1
     path = tmp_path / "ppn.safetensors"
     save_checkpoint(trainer.model, path)
     assert read_card(path).confidence["floor"] == pytest.approx(ref.floor, abs=1e-4)
     assert load_checkpoint(path, backbone=trainer.model.backbone).confidence_reference == \
         type(ref).from_dict(ref.to_dict())
+
+
+def test_with_augmented_copies_the_floor_is_their_tenth_percentile_scored_without_encoder_passes(ten_images):
+    cfg = TrainConfig(epochs=1, batch_size=2, augment_copies=3, seed=4)
+    trainer = Trainer(cfg)
+    trainer.fit(ten_images[:2], [], progress=False)
+    # 2 images x 3 copies, each encoded once by the cache; the reference made no encoder pass of its own.
+    assert trainer.cache.misses == 6 and trainer.model.encoder_calls == 0
+    ref = trainer.model.confidence_reference
+    assert ref.basis == BASIS_COPIES and ref.n_images == 4  # copies 1 and 2 of each image; the originals not
+    copies = [augmented_copy(s, i, c, 4, 1)[0] for i, s in enumerate(ten_images[:2]) for c in (1, 2)]
+    assert not any(np.array_equal(c, s.image) for c in copies for s in ten_images[:2])
+    scores = [float(p.scores[0]) for p in trainer.model.predict(copies)]  # re-encoded: the same features
+    assert ref.floor == pytest.approx(float(np.quantile(scores, COPIES_QUANTILE)), abs=1e-4)
+    assert ref.median == pytest.approx(float(np.median(scores)), abs=1e-4) and ref.floor < max(scores)
 
 
 def test_mismatched_backbone_fingerprint_is_refused(tmp_path):

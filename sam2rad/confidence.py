@@ -9,14 +9,9 @@ trained with. Behind the PPN's prompts and the refiner it barely follows the rea
 (Spearman rho with Dice on 20 held-out generator-B images: 0.15 against 0.66 for stability; on A
 0.42 against 0.69; demo checkpoint), and its scale moves from checkpoint to checkpoint.
 
-A score alone still has no universal scale, so each checkpoint carries a reference: how sure it is
-of its own training images as scanners and framing vary them. The floor is the score that nine in
-ten of the training images' augmented copies reach (the cached copies the model trained on, so no
-encoder pass). An image below it is one the model is less sure of than of nearly everything it
-learned from; the worklist flags it. Why copies, not the originals' lowest score: a model that fits
-its 10 originals closely scores them higher than any new image, so a floor from them flagged
-good images too (session 22's demo model: 4 of the demo's 7 synthetic instances, Dice 0.90-0.94).
-Where training made no augmented copies the floor stays the originals' lowest score.
+A score alone still has no universal scale, so each checkpoint carries a reference: the lowest
+score it gives its own training images. An image below that floor is one the model is less sure of
+than of anything it learned from; the worklist flags it.
 """
 from __future__ import annotations
 
@@ -28,10 +23,6 @@ import torch
 
 STABILITY_OFFSET = 2.0
 REFERENCE_IMAGES = 50  # training images scored for the reference, at most
-REFERENCE_COPIES = 80  # augmented copies scored for the reference, at most (about 0.1 s each on a CPU)
-COPIES_QUANTILE = 0.10  # the floor: the score nine in ten of the augmented copies reach
-BASIS_COPIES = "augmented copies of the training images"
-BASIS_ORIGINALS = "training images"
 SCORE_NAME = f"stability of the final logits at +-{STABILITY_OFFSET:g} x object presence"
 
 
@@ -50,34 +41,28 @@ def mask_confidence(logits: torch.Tensor, object_logit: torch.Tensor | None = No
 class ConfidenceReference:
     """The scores a checkpoint gives its own training images (auto mode); stored in its card."""
 
-    floor: float  # under it an image needs a reader
+    floor: float  # the lowest: under it an image needs a reader
     median: float
-    n_images: int  # images scored (augmented copies count one each)
+    n_images: int
     score: str = SCORE_NAME
-    basis: str = BASIS_ORIGINALS  # what was scored; the floor is their lowest score, or COPIES_QUANTILE of copies
 
     def to_dict(self) -> dict:
         return {"floor": round(self.floor, 4), "median": round(self.median, 4), "n_images": self.n_images,
-                "score": self.score, "basis": self.basis}
+                "score": self.score}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConfidenceReference | None":
         """None for cards written before the reference existed, or with another score."""
         if not data or data.get("score") != SCORE_NAME:
             return None
-        return cls(float(data["floor"]), float(data["median"]), int(data["n_images"]), SCORE_NAME,
-                   str(data.get("basis", BASIS_ORIGINALS)))
+        return cls(float(data["floor"]), float(data["median"]), int(data["n_images"]), SCORE_NAME)
 
 
 def reference_scores(model, images: Sequence[np.ndarray], batch_size: int = 4,
-                     encodings: Sequence[tuple] | None = None, quantile: float = 0.0,
-                     basis: str = BASIS_ORIGINALS) -> ConfidenceReference:
-    """Score `images` (training images or their augmented copies) in auto mode, as inference will, and
-    summarise: the floor is the `quantile` of the scores (0: the lowest).
-    encodings: (features, geometry) per image where they are known already (the training cache's),
-    so the model takes them instead of running its encoder again."""
-    if not 0.0 <= quantile < 0.5:
-        raise ValueError(f"quantile must be in [0, 0.5), got {quantile}")
+                     encodings: Sequence[tuple] | None = None) -> ConfidenceReference:
+    """Score `images` (the training images) in auto mode, as inference will, and summarise.
+    encodings: (features, geometry) per image where they are known already (the training cache's
+    copy of the unaugmented image), so the model takes them instead of running its encoder again."""
     if not images:
         raise ValueError("a confidence reference needs at least one image")
     if encodings is not None and len(encodings) != len(images):
@@ -90,5 +75,4 @@ def reference_scores(model, images: Sequence[np.ndarray], batch_size: int = 4,
         for pred in model.predict(batch, "auto"):
             scores.extend(float(s) for s in pred.scores)
         model.clear_cache()  # training images are not worth keeping encoded
-    return ConfidenceReference(float(np.quantile(scores, quantile)), float(np.median(scores)), len(images),
-                               SCORE_NAME, basis)
+    return ConfidenceReference(float(np.min(scores)), float(np.median(scores)), len(images))

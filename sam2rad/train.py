@@ -24,8 +24,7 @@ import torch
 from .augment import augment, jitter_refiner_input, warp_rows
 from .backbones.base import FeaturePyramid
 from .clicks import error_click, training_click
-from .confidence import (BASIS_COPIES, COPIES_QUANTILE, REFERENCE_COPIES, REFERENCE_IMAGES,
-                         reference_scores)
+from .confidence import REFERENCE_IMAGES, reference_scores
 from .cpu_flags import flush_denormals
 from .mask_box import boxes_from_logits
 from .data.datasets import Sample
@@ -143,7 +142,6 @@ def class_masks(sample: Sample, num_classes: int) -> np.ndarray:
     return np.stack([m == k + 1 for k in range(num_classes)])
 
 
-# --- the loop -----------------------------------------------------------------------------------
 def augmented_copy(sample: Sample, index: int, copy: int, seed: int, num_classes: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(image, class masks) of training copy `copy` of the `index`-th image (0: the original), as the
@@ -156,6 +154,7 @@ def augmented_copy(sample: Sample, index: int, copy: int, seed: int, num_classes
     return aug[0][0], np.stack([a[1] for a in aug])
 
 
+# --- the loop -----------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
     model: Sam2Rad
@@ -399,26 +398,14 @@ class Trainer:
         blend_with_start(self.model, self.start, self.cfg.start_share)
         elapsed = time.perf_counter() - start
         self.model.eval()
-        self.model.confidence_reference = self._reference(train, train_ex, copies, uncached)
+        # What "sure" means for these weights: their scores on the images they learned from (an even
+        # spread of at most REFERENCE_IMAGES of them), on the cache's encodings of the originals (copy 0).
+        picks = range(0, len(train), max(1, -(-len(train) // REFERENCE_IMAGES)))
+        known = None if uncached else [(train_ex[i * copies].features, train_ex[i * copies].geometry) for i in picks]
+        self.model.confidence_reference = reference_scores(self.model, [train[i].image for i in picks], encodings=known)
         return TrainResult(self.model, best[0], best[1], history, elapsed,
                            best[3] if best[2] is not None else elapsed, self.cache.misses, self.cache.hits,
                            seconds_encoding, self.init_note)
-
-
-    def _reference(self, train: Sequence[Sample], train_ex: list[CachedExample], copies: int, uncached: bool):
-        """What "sure" means for these weights: their scores on the augmented copies they learned from
-        (an even spread of images, at most REFERENCE_COPIES copies), on the cache's encodings; without
-        copies or a cache, on the originals (at most REFERENCE_IMAGES, re-encoded where uncached)."""
-        if uncached or copies < 2:
-            picks = range(0, len(train), max(1, -(-len(train) // REFERENCE_IMAGES)))
-            known = None if uncached else [(train_ex[i * copies].features, train_ex[i * copies].geometry) for i in picks]
-            return reference_scores(self.model, [train[i].image for i in picks], encodings=known)
-        per_image = min(copies - 1, REFERENCE_COPIES)
-        picks = range(0, len(train), max(1, -(-len(train) * per_image // REFERENCE_COPIES)))
-        rows = [(i, c) for i in picks for c in range(1, per_image + 1)]
-        images = [augmented_copy(train[i], i, c, self.cfg.seed, self.model.num_classes)[0] for i, c in rows]
-        known = [(train_ex[i * copies + c].features, train_ex[i * copies + c].geometry) for i, c in rows]
-        return reference_scores(self.model, images, encodings=known, quantile=COPIES_QUANTILE, basis=BASIS_COPIES)
 
 
 def _progress(it, enabled: bool, desc: str):

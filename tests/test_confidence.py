@@ -11,7 +11,7 @@ import torch
 
 from pipeline.inference import model_confidence_floor
 from pipeline.review.worklist import DEFAULT_CONFIDENCE_THRESHOLD, load_run
-from sam2rad.confidence import BASIS_COPIES, BASIS_ORIGINALS, SCORE_NAME, ConfidenceReference, mask_confidence, reference_scores
+from sam2rad.confidence import SCORE_NAME, ConfidenceReference, mask_confidence, reference_scores
 
 
 def _disc_logits(edge_width: float) -> torch.Tensor:
@@ -63,19 +63,6 @@ def test_reference_scores_is_the_lowest_and_median_of_auto_scores_in_batches():
     assert model.calls == [(2, "auto"), (2, "auto"), (1, "auto")] and model.cleared == 3
     with pytest.raises(ValueError):
         reference_scores(model, [])
-
-
-def test_the_floor_can_be_a_low_quantile_and_the_card_keeps_what_was_scored():
-    model = ScoresModel([0.9, 0.8, 0.85, 0.7, 0.95, 0.6, 0.88, 0.91, 0.83, 0.86])
-    ref = reference_scores(model, [np.zeros((4, 4))] * 10, quantile=0.1, basis=BASIS_COPIES)
-    expected = float(np.quantile([0.9, 0.8, 0.85, 0.7, 0.95, 0.6, 0.88, 0.91, 0.83, 0.86], 0.1))
-    assert ref.floor == pytest.approx(expected) and 0.6 < ref.floor < 0.7 and ref.basis == BASIS_COPIES
-    back = ConfidenceReference.from_dict(ref.to_dict())
-    assert back is not None and back.basis == BASIS_COPIES
-    old_card = {k: v for k, v in ref.to_dict().items() if k != "basis"}  # written before session 23
-    assert ConfidenceReference.from_dict(old_card).basis == BASIS_ORIGINALS
-    with pytest.raises(ValueError, match="quantile"):
-        reference_scores(model, [np.zeros((4, 4))], quantile=0.5)
 
 
 def test_the_pipeline_records_the_floor_only_for_models_that_have_one():

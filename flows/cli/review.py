@@ -23,8 +23,7 @@ def review(
     threshold: Optional[float] = typer.Option(
         None, min=0.0, max=1.0,
         help="Confidence under which every instance needs review. Default: each instance's model floor "
-             "(a confidence nine in ten of its training images' augmented copies reach, in its card), "
-             "or 0.6 for runs without one."),
+             "(the lowest confidence the model gave its own training images), or 0.6 for runs without one."),
 ) -> None:
     """Readers review a run's masks in a browser: correct, accept (-> reviewed SEG) or reject."""
     from flows.review.security import UnsafeBinding, check_binding

@@ -96,9 +96,8 @@ def load_run(run_dir: Path, confidence_threshold: float | None = None,
     """The run's reviewable instances (those the nightly segmented), needs-review first.
 
     confidence_threshold: flags every instance under it; None (default) flags an instance under its
-    model's own floor (the `confidence_floor` column: a score nine in ten of its training images'
-    augmented copies reach; `sam2rad.confidence`), or under DEFAULT_CONFIDENCE_THRESHOLD where the row
-    has no floor.
+    model's own floor (the `confidence_floor` column: the lowest score the model gave its training
+    images), or under DEFAULT_CONFIDENCE_THRESHOLD where the row has no floor.
     `statuses` maps SOP Instance UID -> review outcome (from the review ledger).
     """
     table = _read_table(run_dir, "nightly_instances")

@@ -35,13 +35,24 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from sam2rad.checkpoint import DEMO_CHECKPOINT, load_checkpoint, read_card
+from sam2rad.checkpoint import DEMO_CHECKPOINT, CheckpointError, load_checkpoint, read_card
 from sam2rad.data.specs import load_spec
 from sam2rad.metrics import dice
 from sam2rad.train import augmented_copy
 
 WEAK_DICE = 0.85  # the issue's "images auto gets wrong" line, used for the flagged-weak count
 COPIES_QUANTILE = 0.10  # the copies rule's default quantile
+
+
+def quantile_list(text: str) -> list[float]:
+    """argparse type: a comma list of quantiles, each in (0, 0.5)."""
+    try:
+        values = [float(q) for q in text.split(",") if q.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+    if not values or not all(0 < q < 0.5 for q in values):
+        raise argparse.ArgumentTypeError(f"quantiles must lie in (0, 0.5), got {text!r}")
+    return values
 
 
 def auto_scores(model, images) -> list[tuple[float, np.ndarray]]:
@@ -74,15 +85,18 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="default: the shipped demo checkpoint")
     ap.add_argument("--train-data", default="synthetic:10:0", help="the checkpoint's training images (default: the demo's)")
     ap.add_argument("--data", default="rfsim:20:7,synthetic:20:7", help="comma list of held-out data specs")
-    ap.add_argument("--quantiles", default=str(COPIES_QUANTILE),
+    ap.add_argument("--quantiles", type=quantile_list, default=[COPIES_QUANTILE],
                     help="comma list: floors at these quantiles of the copies' scores, to see how the "
                          "choice trades flags")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = Path(args.checkpoint) if args.checkpoint else DEMO_CHECKPOINT
-    model, card = load_checkpoint(path), read_card(path)
-    floors = rebuilt_floors(model, card, args.train_data, [float(q) for q in args.quantiles.split(",") if q])
+    try:
+        model, card = load_checkpoint(path), read_card(path)
+    except CheckpointError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    floors = rebuilt_floors(model, card, args.train_data, args.quantiles)
     if model.confidence_reference is not None:
         floors["card"] = model.confidence_reference.floor
     print(f"\ncheckpoint {path.name}, trained on {args.train_data}")

@@ -55,6 +55,10 @@ def quantile_list(text: str) -> list[float]:
     return values
 
 
+def _mean(values: np.ndarray) -> str:
+    return f"{values.mean():.3f}" if values.size else "-"
+
+
 def auto_scores(model, images) -> list[tuple[float, np.ndarray]]:
     """(confidence, first-class mask) per image, auto mode, one image at a time."""
     out = []
@@ -107,12 +111,10 @@ def main() -> None:
         scored = auto_scores(model, tqdm([s.image for s in samples], desc=spec, unit="img"))
         conf = np.array([c for c, _ in scored])
         dc = np.array([dice(m, np.asarray(s.mask) > 0) for (_, m), s in zip(scored, samples)])
-        rho = spearmanr(conf, dc).correlation
+        rho, weak = spearmanr(conf, dc).correlation, dc < WEAK_DICE
         for k, (rule, floor) in enumerate(floors.items()):
             flag = conf < floor
-            split = (f"{dc[flag].mean():.3f} / {dc[~flag].mean():.3f}" if flag.any() and (~flag).any()
-                     else f"{dc[flag].mean():.3f} / -" if flag.any() else f"- / {dc.mean():.3f}")
-            weak = dc < WEAK_DICE
+            split = f"{_mean(dc[flag])} / {_mean(dc[~flag])}"
             head = f"{spec:16s} {len(dc):3d} {dc.mean():6.3f} {rho:5.2f}" if k == 0 else " " * 33
             print(f"{head}  {rule:44s} {floor:6.3f} {int(flag.sum()):7d}  {split:>21s}  "
                   f"{int((flag & weak).sum()):>5d} of {int(weak.sum()):<3d}")

@@ -1,9 +1,11 @@
 """Issue 12 protocol: 10-shot Sam2Rad against a U-Net trained from scratch, across two generators.
 
 Generator A = sam2rad.data.synthetic (the project's own, used while designing the recipe);
-generator B = sam2rad.data.rf_simulator (RF point-scatterer model, never used for the recipe).
-For each training generator: train on --n-train images of it, test on --n-test held-out images of A
-and of B (other seeds). Sam2Rad trains exactly as `sam2rad train --data <those images>` does
+generator B = sam2rad.data.rf_simulator (RF point-scatterer model, not used for the recipe until
+session 18, and used for its choices since); generator C = sam2rad.data.impedance_simulator
+(impedance interfaces in I/Q, phased and linear arrays; written in session 24 after the recipe was
+settled, committed before any model ran on it). For each training generator (--directions): train on
+--n-train images of it, test on --n-test held-out images of each --test-gens generator (other seeds). Sam2Rad trains exactly as `sam2rad train --data <those images>` does
 (TrainConfig defaults: with 10 images all train; by default from the shipped PPN pretrained on 600
 other A images, so rows tested on A are not A-unseen; --init none for 10 images only) and is evaluated in
 `auto` and `semi_click` (one simulated click), and with --flip both (the default) the same trained
@@ -13,7 +15,8 @@ row is compared with the other model's flip row. One metric function for both: s
 The cross-generator rows are the headline and print first.
 
 Usage: .venv/bin/python benchmarks/bench_generalisation.py [--quick] [--epochs-unet 300] [--seeds N]
-       [--first-seed K] [--merge DIR ...] [--device cpu|cuda] [--epochs-sam2rad N] [--init auto|pretrained|none|PATH] [--flip both|on|off] [--only sam2rad|unet] [--directions A,B] [--out runs/bench_generalisation]
+       [--first-seed K] [--merge DIR ...] [--device cpu|cuda] [--epochs-sam2rad N] [--init auto|pretrained|none|PATH] [--flip both|on|off] [--only sam2rad|unet] [--directions A,B,C]
+       [--test-gens A,B,C] [--threads 2] [--out runs/bench_generalisation]
 """
 from __future__ import annotations
 
@@ -48,15 +51,19 @@ def train_sam2rad(train_samples, epochs=None, seed=0, init=None, device="cpu"):
     return trainer.fit(plan.train, plan.val, progress=False).model, trainer.init_note
 
 
+GENERATORS = {"A": "synthetic", "B": "rfsim", "C": "zsim"}  # letter -> data spec prefix
+
+
 def load_generator(gen: str, n: int, seed: int):
-    """Samples of generator A (synthetic) or B (rfsim); names end with the anatomy."""
-    return load_spec(f"synthetic:{n}:{seed}" if gen == "A" else f"rfsim:{n}:{seed}")[0]
+    """Samples of generator A (synthetic), B (rfsim) or C (zsim); names end with the anatomy."""
+    return load_spec(f"{GENERATORS[gen]}:{n}:{seed}")[0]
 
 
 def anatomy_of(name: str) -> str:
-    from sam2rad.data import rf_simulator, synthetic
+    from sam2rad.data import impedance_anatomy, rf_simulator, synthetic
 
-    return next((a for a in rf_simulator.ANATOMIES + synthetic.ANATOMIES if name.endswith(a)), "unknown")
+    return next((a for a in rf_simulator.ANATOMIES + synthetic.ANATOMIES + impedance_anatomy.ANATOMIES
+                 if name.endswith(a)), "unknown")
 
 
 def eval_sam2rad(model, samples, tag: dict, flip: bool = False) -> list[dict]:
@@ -217,7 +224,9 @@ def main() -> None:
                     "A-unseen: the start saw other A images. 'none' for 10 images and nothing else.")
     ap.add_argument("--flip", choices=("both", "on", "off"), default="both",
                     help="both models without and/or with the test-time flip (Sam2Rad: 2x encoder), same trained models")
-    ap.add_argument("--directions", default="A,B", help="training generators, comma list of A and B")
+    ap.add_argument("--directions", default="A,B", help="training generators, comma list of A, B and C")
+    ap.add_argument("--test-gens", default="A,B", help="generators of the held-out test sets, comma list of A, B and C")
+    ap.add_argument("--threads", type=int, default=THREADS, help="CPU threads for training and evaluation")
     ap.add_argument("--seeds", type=int, default=1,
                     help="train each model this many times (seeds --first-seed onwards) on the same images; the table pools "
                          "them and shows the spread of the per-seed Dice means (one run moves B Dice by ~0.01)")
@@ -242,11 +251,15 @@ def main() -> None:
         ap.error(f"--device {args.device}: this torch build sees no CUDA device")
     if args.quick:
         args.epochs_sam2rad, args.epochs_unet, args.n_train, args.n_test = 2, 2, 5, 4
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     directions = [d.strip() for d in args.directions.split(",") if d.strip()]
-    if not set(directions) <= {"A", "B"}:
-        ap.error("--directions takes A, B or A,B")
-    tests = {g: load_generator(g, args.n_test, args.test_seed) for g in ("A", "B")}
+    test_gens = [d.strip() for d in args.test_gens.split(",") if d.strip()]
+    for name, gens in (("--directions", directions), ("--test-gens", test_gens)):
+        if not gens or not set(gens) <= set(GENERATORS):
+            ap.error(f"{name} takes a comma list of {', '.join(GENERATORS)}")
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
+    tests = {g: load_generator(g, args.n_test, args.test_seed) for g in test_gens}
     meta = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": {}}
     rows: list[dict] = []
     flips = {"both": (False, True), "on": (True,), "off": (False,)}[args.flip]  # both models alike
@@ -268,7 +281,7 @@ def main() -> None:
                 from sam2rad.baselines.unet import train_unet
 
                 t = time.perf_counter()
-                unet = train_unet(train, epochs=args.epochs_unet, seed=seed, threads=THREADS, progress=False,
+                unet = train_unet(train, epochs=args.epochs_unet, seed=seed, threads=args.threads, progress=False,
                                   device=args.device)
                 meta["seconds"][f"unet_train_{gen}_seed{seed}"] = took = round(time.perf_counter() - t, 1)
                 for te, samples in tests.items():

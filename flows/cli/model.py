@@ -10,7 +10,7 @@ from flows.cli.output import fail
 
 
 def train(
-    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), an imgs/gts PNG folder, NPZ file(s), dicom:IMAGES_DIR:REFERENCE_SEG_DIR, or reviewed:RUNS_DIR (accepted reviews)."),
+    data: str = typer.Option("synthetic:10", help="Training data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), zsim:N[:SEED] (generator C), an imgs/gts PNG folder, NPZ file(s), dicom:IMAGES_DIR:REFERENCE_SEG_DIR, or reviewed:RUNS_DIR (accepted reviews)."),
     val_data: Optional[str] = typer.Option(None, help="Validation data (same forms); the best epoch on it is kept."),
     val_fraction: Optional[float] = typer.Option(None, help="Fraction of --data held out to pick the best epoch. Default: none for 20 or fewer images (all train, fixed schedule, final weights), else 0.2."),
     out: Path = typer.Option(Path("checkpoints/sam2rad_ppn.safetensors"), help="Checkpoint to write (a .json model card goes beside it)."),
@@ -76,7 +76,7 @@ def train(
 
 def evaluate(
     checkpoint: Optional[Path] = typer.Option(None, help="PPN checkpoint (default: the shipped demo checkpoint)."),
-    data: str = typer.Option("synthetic:50:7", help="Test data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), an imgs/gts folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
+    data: str = typer.Option("synthetic:50:7", help="Test data: synthetic:N[:SEED[:SIZE]] (generator A), rfsim:N[:SEED] (generator B), zsim:N[:SEED] (generator C), an imgs/gts folder, NPZ file(s), or dicom:IMAGES_DIR:REFERENCE_SEG_DIR."),
     modes: str = typer.Option("auto,manual_gt_box,semi_click", help="Comma list of auto, manual_gt_box (zero-shot baseline), semi_click (simulated reader clicks)."),
     clicks: int = typer.Option(1, min=1, max=50, help="semi_click: successive simulated clicks, each on the largest error region of the current prediction; one row per click count, NoC@85/NoC@90 in the summary."),
     reader: str = typer.Option("tools", help="semi_click's simulated reader: 'tools' makes a click an end click (the surface ends here) when the error is the surface running on past the true end or stopping short of it, a whole-surface (shift) click (the nearest edge goes to the click, the other edge with it) when both edges are off by the same typical amount the same way, an edge click (moves that edge of the whole surface to the click) when the edge is off by a row or more along at least half of the surface (clicked on the true edge where it is off by its typical amount), a point click otherwise; a region clicked before that did not change is passed over for the next largest; each click edits the mask the clicks before it made; 'points' makes every click a point click."),

@@ -1,6 +1,8 @@
 """Command-line data specifications -> samples.
 
-  synthetic:N[:SEED[:SIZE]]   N generated bone-ultrasound images (sam2rad.data.synthetic)
+  synthetic:N[:SEED[:SIZE]]   N generated bone-ultrasound images (sam2rad.data.synthetic, generator A)
+  rfsim:N[:SEED]              generator B (sam2rad.data.rf_simulator: RF point scatterers)
+  zsim:N[:SEED]               generator C (sam2rad.data.impedance_simulator: impedance interfaces, I/Q)
   PATH/                       a folder with imgs/ and gts/ PNGs (the public Sam2Rad layout)
   PATH/ or PATH.npz           NPZ files with image, mask, optional spacing_mm
 """
@@ -16,6 +18,8 @@ def load_spec(spec: str) -> tuple[list[Sample], str]:
     """Returns the samples and a short description for model cards."""
     if spec.startswith("rfsim:"):  # generator B, sam2rad.data.rf_simulator: rfsim:N[:SEED]
         from .rf_simulator import load_rf_spec; return load_rf_spec(spec)  # noqa: E702
+    if spec.startswith("zsim:"):  # generator C, sam2rad.data.impedance_simulator: zsim:N[:SEED]
+        from .impedance_simulator import load_impedance_spec; return load_impedance_spec(spec)  # noqa: E702
     if spec.startswith("synthetic:"):
         parts = spec.split(":")[1:]
         try:
@@ -31,7 +35,7 @@ def load_spec(spec: str) -> tuple[list[Sample], str]:
         return from_synthetic(samples, prefix=f"synthetic-s{seed}"), f"synthetic n={n} seed={seed} size={size}"
     path = Path(spec)
     if not path.exists():
-        raise ValueError(f"data not found: {spec} (expected synthetic:N, an imgs/gts folder, or NPZ files)")
+        raise ValueError(f"data not found: {spec} (expected synthetic:N, rfsim:N, zsim:N, an imgs/gts folder, or NPZ files)")
     if path.is_dir() and (path / "imgs").is_dir():
         ds = PngFolderDataset(path)
     else:
